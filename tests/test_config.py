@@ -1,0 +1,193 @@
+"""The hosted profile: defaults, the repo's own file, and the errors a typo in it must raise."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from unlearning import config
+from unlearning.config import ENV_VAR, HostProfile, get_profile, load_profile
+from unlearning.errors import InputError
+
+REPO_FILE = Path(__file__).resolve().parents[1] / "spaces_config.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _no_profile_env(monkeypatch: pytest.MonkeyPatch):
+    """Each test starts without $UNLEARNING_CONFIG and with an empty get_profile() cache."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    get_profile.cache_clear()
+    yield
+    get_profile.cache_clear()
+
+
+def write(tmp_path: Path, text: str, name: str = "profile.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_when_the_default_file_is_absent(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.yaml")
+    profile = load_profile()
+    assert profile == HostProfile()
+    assert profile.source is None
+    assert profile.models == ("digits",)
+    assert profile.methods is None  # every registered method
+    assert profile.limits.max_iterations == 5000
+    assert profile.limits.max_upload_bytes == 10 * 1024 * 1024
+    assert profile.queue.concurrency == 1
+    assert profile.runs.keep == 50
+    assert profile.hub_export is False
+
+
+def test_env_var_none_reads_no_file(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "none")
+    assert load_profile() == HostProfile()
+    assert load_profile().source is None
+
+
+def test_the_repos_own_file_loads_and_is_no_looser_than_local():
+    profile = load_profile()  # no env var: the default path, i.e. the repo's file
+    assert profile.source == REPO_FILE
+    assert "digits" in profile.models
+    local = HostProfile().limits
+    for f in dataclasses.fields(local):
+        hosted = getattr(profile.limits, f.name)
+        assert 0 < hosted <= getattr(local, f.name), f"limits.{f.name} = {hosted} is above the local default"
+    assert profile.hub_export is False
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = write(tmp_path, "# everything commented out\n")
+    profile = load_profile(path)
+    assert profile == HostProfile()
+    assert profile.source == path.resolve()
+
+
+def test_values_are_read(tmp_path):
+    path = write(
+        tmp_path,
+        "models: [digits, shapes-sd]\nmethods: [uce, scapre]\nlimits:\n  max_samples: 8\n"
+        "queue:\n  max_size: 3\nruns:\n  dir: my-runs\n  keep: 2\ngpu_duration:\n  uce: 0.25\nhub_export: true\n",
+    )
+    profile = load_profile(path)
+    assert profile.models == ("digits", "shapes-sd")
+    assert profile.methods == ("uce", "scapre")
+    assert profile.limits.max_samples == 8
+    assert profile.limits.max_iterations == 5000  # untouched keys keep their default
+    assert profile.queue.max_size == 3
+    assert profile.runs.dir == (tmp_path / "my-runs").resolve()  # relative to the file, not the cwd
+    assert profile.runs.keep == 2
+    assert profile.gpu_duration == {"uce": 0.25}
+    assert profile.hub_export is True
+
+
+def test_methods_all_means_every_method(tmp_path):
+    assert load_profile(write(tmp_path, "methods: all\n")).methods is None
+    with pytest.raises(InputError, match=r"'methods'.*empty list"):
+        load_profile(write(tmp_path, "methods: []\n"))
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    path = write(tmp_path, "limitz:\n  max_iterations: 10\n")
+    with pytest.raises(InputError) as caught:
+        load_profile(path)
+    message = str(caught.value)
+    assert "unknown key 'limitz'" in message
+    assert "valid: models, methods, limits, queue, runs, gpu_duration, hub_export" in message
+    assert "source" not in message  # not a YAML key
+    assert str(path) in message
+
+
+def test_unknown_nested_key_is_named_with_its_dotted_path(tmp_path):
+    path = write(tmp_path, "limits:\n  max_step: 10\n")
+    with pytest.raises(InputError) as caught:
+        load_profile(path)
+    message = str(caught.value)
+    assert "unknown key 'limits.max_step'" in message
+    assert "max_iterations" in message and "max_upload_bytes" in message
+
+
+def test_errors_in_the_default_file_start_with_its_name(tmp_path, monkeypatch):
+    path = write(tmp_path, "queue:\n  concurency: 2\n", name="spaces_config.yaml")
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", path.resolve())
+    with pytest.raises(InputError, match=r"^spaces_config\.yaml: unknown key 'queue\.concurency'.*concurrency"):
+        load_profile()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("limits:\n  max_iterations: '500'\n", "limits.max_iterations", "positive integer"),
+        ("limits:\n  max_samples: 10e6\n", "limits.max_samples", "positive integer"),  # YAML 1.1: a string
+        ("limits:\n  max_concepts: true\n", "limits.max_concepts", "positive integer"),  # bool is not an int
+        ("queue:\n  concurrency: 1.5\n", "queue.concurrency", "positive integer"),
+        ("limits:\n  max_inference_steps:\n", "limits.max_inference_steps", "positive integer"),
+        ("hub_export: 'yes'\n", "hub_export", "true or false"),
+        ("hub_export: 1\n", "hub_export", "true or false"),
+        ("models: [digits, '']\n", "models[1]", "non-empty string"),
+        ("models: {digits: 1}\n", "models", "list of names"),
+        ("gpu_duration:\n  uce: fast\n", "gpu_duration.uce", "positive number"),
+        ("gpu_duration: [uce]\n", "gpu_duration", "mapping"),
+        ("runs:\n  dir: 3\n", "runs.dir", "directory path"),
+        ("limits: 5\n", "limits", "mapping"),
+    ],
+)
+def test_wrong_type_is_named(tmp_path, text, key, expected):
+    with pytest.raises(InputError) as caught:
+        load_profile(write(tmp_path, text))
+    assert f"'{key}'" in str(caught.value)
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("limits:\n  max_iterations: 0\n", "limits.max_iterations"),
+        ("queue:\n  max_size: -1\n", "queue.max_size"),
+        ("runs:\n  keep: 0\n", "runs.keep"),
+        ("gpu_duration:\n  esd: 0\n", "gpu_duration.esd"),
+    ],
+)
+def test_non_positive_limit_is_named(tmp_path, text, key):
+    with pytest.raises(InputError, match=rf"'{key}' must be a positive"):
+        load_profile(write(tmp_path, text))
+
+
+def test_not_a_mapping_and_not_yaml(tmp_path):
+    with pytest.raises(InputError, match="mapping"):
+        load_profile(write(tmp_path, "- digits\n"))
+    with pytest.raises(InputError, match="cannot be read as YAML"):
+        load_profile(write(tmp_path, "limits: [unclosed\n"))
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    with pytest.raises(InputError, match="'limits' is given twice"):
+        load_profile(write(tmp_path, "limits:\n  max_samples: 8\nlimits:\n  max_concepts: 2\n"))
+
+
+def test_env_var_overrides_the_default_path(tmp_path, monkeypatch):
+    path = write(tmp_path, "limits:\n  max_iterations: 7\n")
+    monkeypatch.setenv(ENV_VAR, str(path))
+    assert load_profile().limits.max_iterations == 7
+    assert get_profile().limits.max_iterations == 7
+    assert get_profile() is get_profile()  # cached
+    assert load_profile(REPO_FILE).source == REPO_FILE  # an explicit argument beats the variable
+
+
+def test_a_named_file_that_is_missing_is_an_error(tmp_path, monkeypatch):
+    missing = tmp_path / "typo.yaml"
+    monkeypatch.setenv(ENV_VAR, str(missing))
+    with pytest.raises(InputError, match=rf"'{re.escape(str(missing))}' \(from \${ENV_VAR}\) does not exist"):
+        load_profile()
+    with pytest.raises(InputError, match="does not exist"):
+        load_profile(missing)
+
+
+def test_profile_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        HostProfile().limits.max_iterations = 1  # type: ignore[misc]

@@ -1,0 +1,125 @@
+"""Headless use: runs, the method list, the model list.
+
+    python -m unlearning run --model digits --method esd --forget 3 --out DIR [--set key=value ...]
+    python -m unlearning methods [--model digits]
+    python -m unlearning models
+
+Errors a user can fix print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import UnlearningError
+
+log = logging.getLogger("unlearning")
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    from .errors import InputError
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set takes key=value, got '{pair}'.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import RunRequest, execute, prepare
+
+    request = RunRequest(
+        model=args.model, method=args.method, forget=args.forget.split(","), anchor=args.anchor,
+        preserve=args.preserve.split(",") if args.preserve else None, settings=_parse_sets(args.set),
+        seed=args.seed, device=args.device, forget_samples=args.forget_samples, retain_samples=args.retain_samples,
+        num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+    )
+    run = prepare(request)
+    print(f"{run.spec.label} on {run.model_id} ({run.adapter.device}, {str(run.adapter.dtype).replace('torch.', '')}): "
+          f"forget {', '.join(run.task.forget)}", file=sys.stderr)
+    last_pct = -1
+    for event in execute(run, out_dir=Path(args.out)):
+        if event.kind == "train":
+            pct = 100 * event.step.step // event.step.total
+            if pct // 10 != last_pct // 10 or event.step.step == event.step.total:
+                print(f"  step {event.step.step}/{event.step.total}  loss {event.step.loss:.4f}", file=sys.stderr)
+                last_pct = pct
+        elif event.kind == "done":
+            m = event.state.metrics
+            summary = {k: m.get(k) for k in ("forget_rate", "retain_accuracy", "pul", "timings")}
+            print(json.dumps(summary, indent=2, default=str))
+            print(f"run written to {event.folder}", file=sys.stderr)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .methods import METHODS
+
+    for spec in METHODS.values():
+        print(f"{spec.name}: {spec.label}\n  {spec.summary}\n  {spec.citation}")
+        for row in spec.describe(args.model):
+            tuned = f" (tuned for {args.model}: {row['value']})" if row["tuned"] else ""
+            extra = f" one of {', '.join(map(str, row['choices']))};" if row.get("choices") else ""
+            print(f"    --set {row['name']}=<{row['type']}>  paper default {row['paper']}{tuned};{extra} {row['help']}")
+        print()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.catalog import CATALOG
+
+    for entry in CATALOG.values():
+        print(f"{entry.id}: {entry.label} [{entry.family}]\n  {entry.description}")
+    print("or a local folder in the same layout (model_index.json + components).")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m unlearning", description="Machine unlearning for diffusion models.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="unlearn a concept and compare original vs unlearned")
+    run.add_argument("--model", default="digits", help="embedded model id or local folder")
+    run.add_argument("--method", default="esd")
+    run.add_argument("--forget", required=True, help="concept(s) to forget, comma-separated")
+    run.add_argument("--anchor", default=None, help="map the forgotten concept to this one (methods that use an anchor)")
+    run.add_argument("--preserve", default=None, help="concepts to keep, comma-separated (default: all others)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting")
+    run.add_argument("--out", required=True, help="run folder to write")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--forget-samples", type=int, default=16)
+    run.add_argument("--retain-samples", type=int, default=4, help="comparison samples per retained concept")
+    run.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    run.add_argument("--guidance-scale", type=float, default=None)
+    run.set_defaults(func=cmd_run)
+    methods = sub.add_parser("methods", help="list methods and their settings")
+    methods.add_argument("--model", default="digits", help="show the values tuned for this model")
+    methods.set_defaults(func=cmd_methods)
+    models = sub.add_parser("models", help="list embedded models")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UnlearningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The hosted profile: what one running instance of the app allows.
+
+One YAML file, ``spaces_config.yaml`` at the repository root (beside ``app.py``), read once at start.
+Another file can be named with the environment variable ``UNLEARNING_CONFIG``; setting it to
+``none`` (or to an empty string) reads no file at all. With no file, every key takes the local
+default written beside its field below, so a laptop gets the generous limits and a Space gets
+whatever its file says.
+
+Every key is checked at load: a key the profile does not know is an error naming the full dotted
+key (``limits.max_step``) and the valid keys at that level, a value of the wrong type or a limit
+that is not a positive integer is an error naming the key and what was expected. Errors are
+:class:`~unlearning.errors.InputError` and start with the file's name.
+
+Model and method *names* are only checked to be non-empty strings here; the registries that know
+the real names check them (this module imports nothing from the rest of the package but errors,
+so anything may import it).
+
+YAML layout (all keys optional)::
+
+    models: [digits]              # model ids shown in the picker
+    methods: all                  # or a list of method names
+    limits: {max_iterations: 5000, max_inference_steps: 200, max_samples: 256,
+             max_concepts: 16, max_image_pixels: 1048576, max_upload_bytes: 10485760}
+    queue: {max_size: 32, concurrency: 1}
+    runs: {dir: /tmp/unlearning-lab/runs, keep: 50}
+    gpu_duration: {uce: 0.05}     # seconds per iteration, for ZeroGPU
+    hub_export: false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "UNLEARNING_CONFIG"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "spaces_config.yaml"
+NO_FILE = "none"  # UNLEARNING_CONFIG=none: read no file, use the local defaults
+ALL_METHODS = "all"  # YAML value of `methods` that allows every registered method
+
+
+def default_runs_dir() -> Path:
+    """``<system temp dir>/unlearning-lab/runs``: cleared by the OS, never inside the repository."""
+    return Path(tempfile.gettempdir()) / "unlearning-lab" / "runs"
+
+
+# --- value checks: each takes (raw YAML value, dotted key) and returns the typed value -------------
+
+
+def _positive_int(value: object, key: str) -> int:
+    # bool is a subclass of int in Python: `true` must not pass as 1.
+    if type(value) is not int or value <= 0:
+        raise InputError(f"'{key}' must be a positive integer, got {_shown(value)}.")
+    return value
+
+
+def _flag(value: object, key: str) -> bool:
+    if type(value) is not bool:
+        raise InputError(f"'{key}' must be true or false, got {_shown(value)}.")
+    return value
+
+
+def _names(value: object, key: str) -> tuple[str, ...]:
+    """A non-empty list of distinct, non-empty strings (a single string is taken as a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InputError(f"'{key}' must be a non-empty list of names, got {_shown(value)}.")
+    names = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise InputError(f"'{key}[{index}]' must be a non-empty string, got {_shown(item)}.")
+        if item.strip() in names:
+            raise InputError(f"'{key}' lists '{item.strip()}' twice; remove one.")
+        names.append(item.strip())
+    return tuple(names)
+
+
+def _method_names(value: object, key: str) -> tuple[str, ...] | None:
+    """``all`` -> None (every registered method); else a list of names."""
+    if isinstance(value, str) and value.strip().lower() == ALL_METHODS:
+        return None
+    if value == []:
+        raise InputError(f"'{key}' is an empty list, which would allow no method; write '{ALL_METHODS}' or list names.")
+    return _names(value, key)
+
+
+def _seconds_per_method(value: object, key: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise InputError(f"'{key}' must be a mapping of method name to seconds per iteration, got {_shown(value)}.")
+    durations = {}
+    for name, seconds in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"'{key}' has a key {_shown(name)}; keys must be method names.")
+        number_ok = type(seconds) in (int, float) and math.isfinite(seconds) and seconds > 0
+        if not number_ok:
+            raise InputError(f"'{key}.{name}' must be a positive number of seconds, got {_shown(seconds)}.")
+        durations[name.strip()] = float(seconds)
+    return durations
+
+
+def _directory(value: object, key: str) -> Path:
+    """A path; ``~`` is expanded, and a relative path is made relative to the file by the loader."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"'{key}' must be a directory path, got {_shown(value)}.")
+    return Path(value.strip()).expanduser()
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    numeric_text = isinstance(value, str) and _looks_numeric(value)
+    hint = " (a quoted or 1e7-style number is text in YAML: write digits, e.g. 10000000)" if numeric_text else ""
+    return f"{type(value).__name__} {value!r}{hint}"
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check(parse: Callable[[object, str], object]) -> dict:
+    return {"parse": parse}
+
+
+def _positive(default: int) -> int:
+    """A field holding a positive integer (a limit, a size, a count)."""
+    return field(default=default, metadata=_check(_positive_int))
+
+
+# --- the profile --------------------------------------------------------------------------------
+# Each field's default is the *local* value (no file); `metadata["parse"]` checks the YAML value.
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Largest request one user may make. Every value is a positive integer."""
+
+    max_iterations: int = _positive(5000)  # training steps per run
+    max_inference_steps: int = _positive(200)  # sampling steps per image
+    max_samples: int = _positive(256)  # images generated per comparison
+    max_concepts: int = _positive(16)  # concepts erased / kept per run
+    max_image_pixels: int = _positive(1024 * 1024)  # width * height of an image
+    max_upload_bytes: int = _positive(10 * 1024 * 1024)  # one uploaded file (10 MiB)
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Gradio's queue: ``demo.queue(max_size=..., default_concurrency_limit=...)``."""
+
+    max_size: int = _positive(32)  # requests waiting at most
+    concurrency: int = _positive(1)  # requests running at once
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Where run folders go and how many are kept (oldest deleted first)."""
+
+    dir: Path = field(default_factory=default_runs_dir, metadata=_check(_directory))  # relative: to the file
+    keep: int = _positive(50)  # run folders kept at most
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """What this instance allows; see the module docstring for the YAML form."""
+
+    models: tuple[str, ...] = field(default=("digits",), metadata=_check(_names))  # model ids in the picker
+    # None means every registered method (YAML: `methods: all`); else only these names.
+    methods: tuple[str, ...] | None = field(default=None, metadata=_check(_method_names))
+    limits: Limits = field(default_factory=Limits)
+    queue: Queue = field(default_factory=Queue)
+    runs: Runs = field(default_factory=Runs)
+    # method name -> estimated seconds per iteration, for ZeroGPU's `duration=`; missing: the caller's default.
+    # A plain dict so `dataclasses.asdict` works; treat it as read-only.
+    gpu_duration: dict[str, float] = field(default_factory=dict, metadata=_check(_seconds_per_method))
+    hub_export: bool = field(default=False, metadata=_check(_flag))  # may exports be pushed to the hub
+    # The file this profile was read from, or None for the local defaults. Not a YAML key.
+    source: Path | None = field(default=None, compare=False, metadata={"yaml": False})
+
+
+def _section_class(f: dataclasses.Field) -> type | None:
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+
+
+def _yaml_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)]
+
+
+def _build(cls: type, data: object, prefix: str) -> object:
+    """One dataclass from one YAML mapping, recursing into sections; unknown keys are errors."""
+    where = f"'{prefix}'" if prefix else "the file"
+    if data is None:  # a section whose keys are all commented out
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{where} must be a mapping of keys to values, got {_shown(data)}.")
+    fields = {f.name: f for f in _yaml_fields(cls)}
+    for key in data:
+        if key not in fields:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            guess = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(f"unknown key '{dotted}' (valid: {', '.join(fields)}){guess}")
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        dotted = f"{prefix}.{name}" if prefix else name
+        section = _section_class(f)
+        values[name] = _build(section, data[name], dotted) if section else f.metadata["parse"](data[name], dotted)
+    return cls(**values)
+
+
+def parse_profile(data: object, base_dir: Path | None = None, source: Path | None = None) -> HostProfile:
+    """Check a YAML document (already parsed) and build the profile.
+
+    Args:
+        data: the parsed document; None (an empty file) gives the defaults.
+        base_dir: folder that a relative ``runs.dir`` is relative to; default: the working directory.
+        source: recorded as ``profile.source``.
+    """
+    profile = _build(HostProfile, data, "")
+    runs_dir = profile.runs.dir
+    if not runs_dir.is_absolute():
+        runs_dir = ((base_dir or Path.cwd()) / runs_dir).resolve()
+    runs = dataclasses.replace(profile.runs, dir=runs_dir)
+    return dataclasses.replace(profile, runs=runs, source=source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error, not "last wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # a list or mapping as a key: the profile's checks reject it later
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _display_name(path: Path) -> str:
+    return path.name if path.resolve() == DEFAULT_CONFIG_PATH else str(path)
+
+
+def load_profile(path: str | Path | None = None) -> HostProfile:
+    """Read and check the hosted profile.
+
+    Args:
+        path: the YAML file. None: ``$UNLEARNING_CONFIG`` if set, else ``spaces_config.yaml`` at the
+            repository root. ``"none"`` or an empty ``$UNLEARNING_CONFIG``: no file, local defaults.
+
+    A file named explicitly (argument or environment variable) must exist; only the default file may
+    be absent, in which case the local defaults are used.
+
+    Raises:
+        InputError: the file is missing (when named), unreadable, not YAML, or fails a check.
+    """
+    explicit, from_env = path is not None, False
+    if path is None and os.environ.get(ENV_VAR) is not None:
+        explicit, from_env, path = True, True, os.environ[ENV_VAR].strip()
+    if explicit and str(path).strip().lower() in ("", NO_FILE):
+        logger.info("hosted profile: none (%s), using local defaults", ENV_VAR)
+        return HostProfile()
+    path = Path(path).expanduser() if explicit else DEFAULT_CONFIG_PATH
+    if not path.is_file():
+        if explicit:
+            how = f" (from ${ENV_VAR})" if from_env else ""
+            raise InputError(
+                f"hosted profile '{path}'{how} does not exist; point {ENV_VAR} at a YAML file, "
+                f"or set it to '{NO_FILE}' for the local defaults."
+            )
+        logger.info("hosted profile: %s absent, using local defaults", path)
+        return HostProfile()
+    name = _display_name(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise InputError(f"{name}: cannot be read as YAML: {error}") from error
+    try:
+        profile = parse_profile(data, base_dir=path.resolve().parent, source=path.resolve())
+    except InputError as error:
+        raise InputError(f"{name}: {error}") from error
+    logger.info("hosted profile: %s", path)
+    return profile
+
+
+@functools.lru_cache(maxsize=1)
+def get_profile() -> HostProfile:
+    """The profile of this process, loaded on first use; ``get_profile.cache_clear()`` reloads it."""
+    return load_profile()

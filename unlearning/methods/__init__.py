@@ -1,0 +1,102 @@
+"""The method registry: one place that maps a method name to its settings and its function.
+
+The CLI, the UI and the hosted profile all read allowed names from here, so they cannot disagree.
+``tuned`` holds settings tuned for a given embedded twin (model id -> values); every other model
+starts from the dataclass defaults, which are the paper's values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+from . import esd, finetune, gradient_ascent
+from .base import build_settings, settings_fields
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    label: str
+    summary: str
+    citation: str
+    settings_cls: type
+    unlearn: Callable
+    families: tuple[str, ...] = ("class-conditional",)
+    tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    uses_anchor: bool = False
+
+    def defaults(self, model_id: str | None = None) -> dict[str, Any]:
+        """The values a run starts from: the paper's, with the twin's tuned values over them."""
+        paper = {f.name: f.default for f in settings_fields(self.settings_cls)}
+        return {**paper, **self.tuned.get(model_id or "", {})}
+
+    def settings(self, model_id: str | None, overrides: dict[str, Any] | None = None) -> Any:
+        return build_settings(self.settings_cls, self.tuned.get(model_id or "", {}), overrides or {})
+
+    def describe(self, model_id: str | None = None) -> list[dict[str, Any]]:
+        """Per field: name, type, paper default, tuned value for this model, help, bounds."""
+        tuned = self.tuned.get(model_id or "", {})
+        rows = []
+        for f in settings_fields(self.settings_cls):
+            rows.append({
+                "name": f.name,
+                "type": f.type if isinstance(f.type, str) else f.type.__name__,
+                "paper": f.default,
+                "value": tuned.get(f.name, f.default),
+                "tuned": f.name in tuned,
+                **{k: v for k, v in f.metadata.items() if v is not None},
+            })
+        return rows
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in [
+        MethodSpec(
+            name="esd",
+            label="ESD (erase with negative guidance)",
+            summary="Teaches the model to predict, for the concept, what a negatively guided copy of itself predicts. "
+            "Data-free: it needs no images of the concept.",
+            citation="Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023",
+            settings_cls=esd.ESDSettings,
+            unlearn=esd.unlearn,
+            tuned={"digits": {"iterations": 120, "lr": 1e-3, "ddim_steps": 25, "batch_size": 4}},
+            uses_anchor=True,
+        ),
+        MethodSpec(
+            name="gradient_ascent",
+            label="Gradient ascent (NegGrad / NegGrad+)",
+            summary="Raises the denoising loss on images of the concept; an optional retain term keeps the rest. "
+            "Unbounded: too many steps break the whole model.",
+            citation="Baseline; e.g. Thudi et al. 2022, Fan et al. (SalUn) ICLR 2024",
+            settings_cls=gradient_ascent.GradientAscentSettings,
+            unlearn=gradient_ascent.unlearn,
+            tuned={"digits": {"iterations": 60, "lr": 2e-4, "retain_weight": 1.0, "batch_size": 16}},
+        ),
+        MethodSpec(
+            name="finetune",
+            label="Fine-tuning on retained data",
+            summary="Keeps training on the other concepts only (optionally teaching the concept's label "
+            "to draw an anchor instead). Shows how much forgetting plain training gives.",
+            citation="Baseline; e.g. Warnecke et al. 2023, Fan et al. (SalUn) ICLR 2024",
+            settings_cls=finetune.FineTuneSettings,
+            unlearn=finetune.unlearn,
+            tuned={"digits": {"iterations": 100, "lr": 3e-4, "batch_size": 32}},
+            uses_anchor=True,
+        ),
+    ]
+}
+
+
+def get_method(name: str) -> MethodSpec:
+    key = (name or "").strip().lower().replace("-", "_")
+    if key not in METHODS:
+        raise InputError(f"unknown method '{name}'; available: {', '.join(METHODS)}.")
+    return METHODS[key]
+
+
+__all__ = ["METHODS", "MethodSpec", "get_method", "dataclasses"]

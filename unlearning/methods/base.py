@@ -1,0 +1,228 @@
+"""What every method shares: settings fields with metadata, the run context, the training loop.
+
+A method is one settings dataclass (defaults = the paper's values, a comment per field) and one
+function ``unlearn(adapter, task, settings, ctx) -> Edit``. The UI and CLI are generated from the
+dataclass fields: :func:`setting` attaches the help text, the bounds and the choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..edit import Edit
+from ..errors import CancelledError, DivergedError, InputError
+from ..models.base import FamilyAdapter
+
+
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+            choices: Sequence[Any] | None = None, low_inclusive: bool = True) -> Any:
+    """A settings field: its default is the paper's value; metadata drives validation and the UI."""
+    meta = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None, "low_inclusive": low_inclusive}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class UnlearnTask:
+    """The concepts of one run, already validated against the model."""
+
+    forget: list[str]  # concepts to remove
+    retain: list[str]  # concepts to keep intact (for a closed vocabulary: all the others)
+    anchor: str | None = None  # concept the forget concept is mapped to (None: the null condition)
+    seed: int = 0
+
+
+@dataclass
+class StepReport:
+    step: int
+    total: int
+    loss: float
+    extra: dict = field(default_factory=dict)
+
+
+class RunContext:
+    """Progress reporting and cancellation, handed to a method by whoever runs it."""
+
+    def __init__(self, on_step: Callable[[StepReport], None] | None = None, cancel: threading.Event | None = None):
+        self.on_step = on_step
+        self.cancel = cancel or threading.Event()
+
+    def report(self, step: int, total: int, loss: float, **extra: float) -> None:
+        if self.cancel.is_set():
+            raise CancelledError("the run was cancelled; the base model is unchanged.")
+        if self.on_step is not None:
+            self.on_step(StepReport(step, total, loss, extra))
+
+
+def settings_fields(settings_cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(settings_cls) if f.init]
+
+
+def _convert(f: dataclasses.Field, value: Any) -> Any:
+    """Convert a value (possibly a CLI string) to the field's type, with a clear error."""
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type), str)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in {"true", "false", "1", "0", "yes", "no"}:
+                    raise ValueError
+                return low in {"true", "1", "yes"}
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, str):
+                as_float = float(value)
+                if not as_float.is_integer():
+                    raise ValueError
+                return int(as_float)
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"setting '{f.name}' must be {'a whole number' if kind is int else kind.__name__}, got {value!r}.") from None
+
+
+def validate_settings(settings: Any) -> None:
+    """Check every field against its bounds and choices; raise InputError naming the field."""
+    for f in settings_fields(type(settings)):
+        value, meta = getattr(settings, f.name), f.metadata
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"setting '{f.name}' must be a finite number, got {value}.")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise InputError(f"setting '{f.name}' must be one of {', '.join(map(str, meta['choices']))}; got {value!r}.")
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (value < low if meta.get("low_inclusive", True) else value <= low):
+            op = ">=" if meta.get("low_inclusive", True) else ">"
+            raise InputError(f"setting '{f.name}' must be {op} {low}; got {value}.")
+        if high is not None and value > high:
+            raise InputError(f"setting '{f.name}' must be <= {high}; got {value}.")
+    check = getattr(settings, "check", None)
+    if check is not None:
+        check()
+
+
+def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
+    """Settings from the defaults, then ``base`` (twin-tuned values), then user ``overrides``."""
+    fields = {f.name: f for f in settings_fields(settings_cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise InputError(f"unknown setting(s) {', '.join(unknown)}; this method's settings are: {', '.join(fields)}.")
+    values = {name: _convert(fields[name], v) for name, v in {**base, **overrides}.items()}
+    settings = settings_cls(**values)
+    validate_settings(settings)
+    return settings
+
+
+# ---- the shared training loop ------------------------------------------------------------------
+
+def trainable_copy(adapter: FamilyAdapter, group: str) -> tuple[torch.nn.Module, list[str]]:
+    """A float32 copy of the base UNet with only ``group``'s parameters trainable."""
+    unet = adapter.frozen_copy_for_training()
+    names = adapter.parameter_names(unet, group)
+    params = dict(unet.named_parameters())
+    for n in names:
+        params[n].requires_grad_(True)
+    return unet, names
+
+
+def optimise(
+    unet: torch.nn.Module,
+    names: list[str],
+    loss_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict]],
+    *,
+    iterations: int,
+    lr: float,
+    ctx: RunContext,
+    method: str,
+    optimizer: str = "adam",
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> list[dict]:
+    """Minimise ``loss_fn(step)`` over the named parameters; returns the loss log.
+
+    Stops with DivergedError the moment the loss or a gradient is not finite, saying what to do.
+    """
+    params = [p for n, p in unet.named_parameters() if n in set(names)]
+    opt = torch.optim.Adam(params, lr=lr, betas=betas) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    log: list[dict] = []
+    for step in range(iterations):
+        out = loss_fn(step)
+        loss, extra = out if isinstance(out, tuple) else (out, {})
+        if not torch.isfinite(loss):
+            raise DivergedError(
+                f"{method}: the loss became {loss.item()} at step {step + 1}; lower the learning rate (now {lr:g}) "
+                "or the number of iterations and run again. The base model is unchanged."
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        entry = {"step": step + 1, "loss": float(loss.item()), **{k: float(v) for k, v in extra.items()}}
+        log.append(entry)
+        ctx.report(step + 1, iterations, entry["loss"], **{k: v for k, v in entry.items() if k not in {"step", "loss"}})
+    return log
+
+
+def finish(adapter: FamilyAdapter, unet: torch.nn.Module, names: list[str], *, method: str, settings: Any,
+           log: list[dict], started: float) -> Edit:
+    """Package the trained parameters as an Edit (finite-checked; unchanged ones dropped)."""
+    return Edit.from_trained(
+        adapter.unet,
+        unet,
+        names,
+        method=method,
+        settings=dataclasses.asdict(settings),
+        loss_log=log,
+        timings={"unlearn_s": time.perf_counter() - started},
+        base={"source": adapter.source, "family": adapter.family},
+    )
+
+
+# ---- data pools and the denoising loss (shared by the data-based methods) -----------------------
+
+@dataclass
+class ConceptPool:
+    """x_0 samples and their conditions, drawn once per run and indexed per step."""
+
+    x0: torch.Tensor  # (N, C, H, W) in model space
+    cond: torch.Tensor  # (N, T, D)
+
+    @classmethod
+    def build(cls, adapter: FamilyAdapter, concepts: Sequence[str], per_concept: int, seed: int,
+              condition_on: Sequence[str] | None = None) -> ConceptPool:
+        """Data of ``concepts``; conditioned on ``condition_on`` (same length) when given, e.g. to
+        relabel forget images with another concept."""
+        labels = condition_on or concepts
+        xs, cs = [], []
+        with torch.no_grad():
+            for i, (concept, label) in enumerate(zip(concepts, labels, strict=True)):
+                xs.append(adapter.concept_data(concept, per_concept, seed + 7919 * i))
+                cs.append(adapter.encode([label] * per_concept))
+        return cls(torch.cat(xs), torch.cat(cs))
+
+    def batch(self, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.x0), (size,), generator=g)
+        return self.x0[idx], self.cond[idx]
+
+
+def denoising_loss(adapter: FamilyAdapter, unet: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor,
+                   g: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """L_simple (Ho et al. 2020): || eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t, c) ||^2,
+    t ~ U{0..T-1}; optional per-timestep weights C_t (a (T,) tensor)."""
+    noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
+    t = torch.randint(adapter.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g)
+    x_t = adapter.noise_scheduler.add_noise(x0, noise, t)
+    per_sample = F.mse_loss(adapter.eps(unet, x_t, t.to(x0.device), cond).float(), noise.float(), reduction="none")
+    per_sample = per_sample.flatten(1).mean(1)  # (B,)
+    if weights is not None:
+        per_sample = per_sample * weights[t].to(per_sample.device)
+    return per_sample.mean()

@@ -1,0 +1,88 @@
+"""ESD: Erased Stable Diffusion.
+
+Gandikota, Materzynska, Fiotto-Kaufman, Bau. "Erasing Concepts from Diffusion Models", ICCV 2023.
+
+The edited model is taught to predict, for the concept c, the noise a *negatively guided* frozen
+model predicts: it moves its own score for c away from c and towards the anchor.
+
+Notation (paper, Eq. 4 and 5):
+    theta*          frozen copy of the original model (here: the adapter's base UNet)
+    theta           the model being edited (a trainable copy)
+    c               the concept to erase; c_a the anchor (the null condition when erasing)
+    x_t             produced *by the model being edited* from noise, conditioned on c (data-free)
+    eta             negative guidance strength
+    target          eps_theta*(x_t, t, c_a) - eta * (eps_theta*(x_t, t, c) - eps_theta*(x_t, t, c_a))
+    loss            || eps_theta(x_t, t, c) - target ||^2
+
+Variants by the parameters trained: ESD-x (cross-attention only), ESD-u (all but cross-attention),
+ESD-a (all).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..edit import Edit
+from ..models.base import FamilyAdapter
+from .base import RunContext, UnlearnTask, finish, optimise, setting, trainable_copy
+
+VARIANT_GROUPS = {"x": "cross_attention", "u": "non_cross_attention", "a": "all"}
+
+
+@dataclass
+class ESDSettings:
+    variant: str = setting("x", "which weights are trained: x = cross-attention, u = all but cross-attention, a = all", choices=("x", "u", "a"))
+    iterations: int = setting(1000, "optimisation steps (paper 1000; public tool's quick mode 200)", low=1)
+    lr: float = setting(1e-5, "Adam learning rate (paper 1e-5; public tool 5e-5)", low=0.0, low_inclusive=False)
+    negative_guidance: float = setting(1.0, "eta: strength of the negative guidance in the target", low=0.0)
+    ddim_steps: int = setting(50, "DDIM steps of the trajectory x_t is drawn from", low=2, high=1000)
+    start_guidance: float = setting(3.0, "CFG scale used when producing x_t from the concept", low=1.0)
+    batch_size: int = setting(1, "x_t samples per step (paper 1)", low=1, high=256)
+
+
+def esd_loss(eps_edit: torch.Tensor, eps0_c: torch.Tensor, eps0_anchor: torch.Tensor, eta: float) -> torch.Tensor:
+    """MSE between the edited prediction for c and the negatively guided frozen prediction."""
+    target = eps0_anchor - eta * (eps0_c - eps0_anchor)
+    return F.mse_loss(eps_edit, target)
+
+
+def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: ESDSettings, ctx: RunContext) -> Edit:
+    started = time.perf_counter()
+    # 1. a trainable copy; the adapter's base UNet stays frozen and plays theta*
+    unet, names = trainable_copy(adapter, VARIANT_GROUPS[settings.variant])
+    frozen = adapter.unet
+    b = settings.batch_size
+    g = torch.Generator().manual_seed(task.seed)
+    with torch.no_grad():
+        conds = adapter.encode(task.forget)  # (K, T, D): one row per forget concept
+        anchor = adapter.encode([task.anchor]) if task.anchor else adapter.null_condition(1)
+    timesteps = adapter.make_sampler(settings.ddim_steps).timesteps
+
+    def loss_fn(step: int) -> torch.Tensor:
+        # 2. pick a concept, a stopping step and initial noise
+        k = int(torch.randint(len(task.forget), (1,), generator=g))
+        c = conds[k : k + 1].expand(b, -1, -1)
+        c_a = anchor.expand(b, -1, -1)
+        stop = int(torch.randint(settings.ddim_steps, (1,), generator=g))
+        seeds = torch.randint(2**31 - 1, (b,), generator=g).tolist()
+        # 3. x_t from the model being edited, conditioned on c (data-free), no gradient
+        unet.eval()
+        x_t = adapter.denoise(
+            adapter.initial_noise(seeds), c, unet=unet, num_inference_steps=settings.ddim_steps,
+            guidance_scale=settings.start_guidance, stop_step=stop,
+        )
+        unet.train()
+        t = timesteps[stop]
+        # 4. the frozen model's predictions for c and the anchor
+        with torch.no_grad():
+            eps0_c = adapter.eps(frozen, x_t, t, c).float()
+            eps0_anchor = adapter.eps(frozen, x_t, t, c_a).float()
+        # 5. the edited model's prediction for c, pulled to the negatively guided target
+        return esd_loss(adapter.eps(unet, x_t, t, c).float(), eps0_c, eps0_anchor, settings.negative_guidance)
+
+    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="ESD")
+    return finish(adapter, unet, names, method="esd", settings=settings, log=log, started=started)

@@ -1,0 +1,191 @@
+"""The family adapter: everything a method needs from a model family, and nothing more.
+
+A method talks to an adapter, never to a checkpoint, so a method proven on an embedded twin runs
+unchanged on the real model of the same family. Adapters hold the *frozen base* model; methods
+train copies (see :mod:`unlearning.edit`), and nothing here changes the base weights.
+
+Notation used by every family (DDPM / DDIM, Ho et al. 2020; Song et al. 2021):
+    x_0       clean sample in the model's space (pixels for digits, VAE latents for SD)
+    x_t       noisy sample at timestep t:  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+    c         condition (encoder hidden states of a concept), c_null the unconditional one
+    eps(x_t, t, c)   the network's noise prediction
+    w         classifier-free guidance scale: eps_cfg = eps(c_null) + w (eps(c) - eps(c_null))
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (step_index, timestep, x_t)
+
+# Parameter groups, named as in ESD (Gandikota et al. 2023): which UNet weights a method trains.
+PARAMETER_GROUPS = {
+    "cross_attention": "cross-attention only (attn2): ESD-x; keeps unrelated concepts intact",
+    "non_cross_attention": "everything except cross-attention: ESD-u; broad concepts",
+    "all": "every UNet weight: ESD-a",
+}
+
+
+@dataclass
+class SamplingDefaults:
+    num_inference_steps: int = 25  # DDIM steps used for comparison grids
+    guidance_scale: float = 3.0  # classifier-free guidance w
+    extra: dict = field(default_factory=dict)
+
+
+class FamilyAdapter(ABC):
+    """Base class of the model-family adapters. Subclasses load their components in ``__init__``."""
+
+    family: str = ""
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler  # training-time forward process (q(x_t | x_0))
+    sampling: SamplingDefaults
+
+    def __init__(self, source: str, device: torch.device, dtype: torch.dtype):
+        self.source = source
+        self.device = device
+        self.dtype = dtype
+
+    # ---- concepts and conditions --------------------------------------------------------------
+    @abstractmethod
+    def concepts(self) -> list[str]:
+        """Concepts this model knows by name (class names); empty for open-vocabulary families."""
+
+    @abstractmethod
+    def encode(self, concepts: Sequence[str]) -> torch.Tensor:
+        """Conditions for concepts: (B, T, D) encoder hidden states."""
+
+    @abstractmethod
+    def null_condition(self, batch_size: int) -> torch.Tensor:
+        """The unconditional condition c_null (B, T, D) used for classifier-free guidance."""
+
+    @abstractmethod
+    def validate_concept(self, concept: str) -> str:
+        """Return the canonical concept or raise InputError saying what this model accepts."""
+
+    # ---- data ----------------------------------------------------------------------------------
+    @abstractmethod
+    def concept_data(self, concept: str, n: int, seed: int) -> torch.Tensor:
+        """x_0 samples (n, C, H, W) of a concept: real data where the family ships it,
+        otherwise images sampled from the original model (data-free methods)."""
+
+    # ---- images <-> model space ---------------------------------------------------------------
+    def to_images(self, x0: torch.Tensor) -> torch.Tensor:
+        """Model space -> images in [0, 1] (B, C, H, W), float32 on CPU."""
+        return ((x0.float().clamp(-1, 1) + 1) / 2).cpu()
+
+    # ---- noise prediction and sampling --------------------------------------------------------
+    def frozen_copy_for_training(self) -> UNet2DConditionModel:
+        """A float32 trainable copy of the base UNet; the base stays as it is."""
+        unet = copy.deepcopy(self.unet).to(dtype=torch.float32)
+        unet.train()
+        for p in unet.parameters():
+            p.requires_grad_(False)
+        return unet
+
+    def eps(self, unet: UNet2DConditionModel, x_t: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """eps(x_t, t, c) for a given UNet (the base, a frozen copy, or one being trained)."""
+        dtype = next(unet.parameters()).dtype
+        return unet(x_t.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
+
+    def guided_eps(self, unet, x_t, t, cond, guidance_scale: float) -> torch.Tensor:
+        """eps_cfg = eps(c_null) + w (eps(c) - eps(c_null)); one batched forward pass."""
+        if guidance_scale == 1.0:
+            return self.eps(unet, x_t, t, cond)
+        null = self.null_condition(x_t.shape[0])
+        eps_null, eps_cond = self.eps(unet, torch.cat([x_t, x_t]), t, torch.cat([null, cond])).chunk(2)
+        return eps_null + guidance_scale * (eps_cond - eps_null)
+
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of x_t."""
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """x_T for each seed, drawn on CPU so the same seed gives the same noise on any device."""
+        shape = self.sample_shape()
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return torch.stack(noise).to(self.device, self.dtype)
+
+    def make_sampler(self, num_inference_steps: int) -> DDIMScheduler:
+        """A fresh DDIM scheduler for one sampling call (schedulers hold state; never share one)."""
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        return scheduler
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        x_t: torch.Tensor,
+        cond: torch.Tensor,
+        *,
+        unet: UNet2DConditionModel | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        start_step: int = 0,
+        stop_step: int | None = None,
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from step ``start_step`` to ``stop_step`` (exclusive).
+
+        With the defaults it runs the whole trajectory x_T -> x_0. ``callback`` sees every step, so a
+        method can cache or resume trajectories.
+        """
+        unet = self.unet if unet is None else unet
+        steps = num_inference_steps or self.sampling.num_inference_steps
+        w = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
+        scheduler = self.make_sampler(steps)
+        timesteps = scheduler.timesteps
+        for i in range(start_step, len(timesteps) if stop_step is None else stop_step):
+            t = timesteps[i]
+            eps = self.guided_eps(unet, x_t, t, cond, w)
+            x_t = scheduler.step(eps.to(x_t.dtype), t, x_t).prev_sample
+            if callback is not None:
+                callback(i, int(t), x_t)
+        return x_t
+
+    def generate(
+        self,
+        concepts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        unet: UNet2DConditionModel | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Images in [0, 1] (B, C, H, W) on CPU, one per (concept, seed) pair."""
+        if len(concepts) != len(seeds):
+            raise ValueError("generate() needs one seed per concept")
+        x_T = self.initial_noise(seeds)
+        x_0 = self.denoise(
+            x_T, self.encode(concepts), unet=unet, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+        )
+        return self.to_images(x_0)
+
+    # ---- parameters ----------------------------------------------------------------------------
+    def parameter_names(self, unet: UNet2DConditionModel, group: str) -> list[str]:
+        """Names of the UNet parameters in a group (see PARAMETER_GROUPS)."""
+        if group not in PARAMETER_GROUPS:
+            raise ValueError(f"unknown parameter group '{group}'; known: {', '.join(PARAMETER_GROUPS)}")
+        names = [n for n, _ in unet.named_parameters()]
+        if group == "all":
+            return names
+        is_xattn = [".attn2." in n for n in names]
+        if group == "cross_attention":
+            return [n for n, x in zip(names, is_xattn, strict=True) if x]
+        return [n for n, x in zip(names, is_xattn, strict=True) if not x]
+
+    def describe(self) -> dict:
+        """What the run card records about the model."""
+        return {
+            "source": self.source,
+            "family": self.family,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
+        }

@@ -1,0 +1,183 @@
+"""One unlearning run from request to results; shared by the UI and the CLI.
+
+    RunRequest -> prepare() checks everything and loads the model (errors before any work)
+               -> execute() yields events: training steps, comparison batches, the finished run
+
+``execute`` runs the method in a worker thread so training progress can be streamed, and stops the
+method when the consumer stops listening (a cancelled UI event closes the generator).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .compare import ComparisonPlan, ComparisonState, iter_comparison, plan_comparison
+from .config import HostProfile, get_profile
+from .edit import Edit
+from .errors import InputError, UnlearningError
+from .methods import MethodSpec, get_method
+from .methods.base import RunContext, StepReport, UnlearnTask
+from .models.base import FamilyAdapter
+from .models.catalog import load_adapter, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunRequest:
+    model: str = "digits"
+    method: str = "esd"
+    forget: list[str] = field(default_factory=lambda: ["3"])
+    anchor: str | None = None  # map the forget concept to this one (None: erase to the null condition)
+    preserve: list[str] | None = None  # concepts to keep; None: every concept not forgotten
+    settings: dict[str, Any] = field(default_factory=dict)  # overrides of the method's settings
+    seed: int = 0
+    device: str = "auto"
+    forget_samples: int = 16  # comparison images of the forget concept(s)
+    retain_samples: int = 4  # comparison images per retained concept
+    num_inference_steps: int | None = None  # sampling steps (None: the model's default)
+    guidance_scale: float | None = None
+
+
+@dataclass
+class PreparedRun:
+    request: RunRequest
+    model_id: str
+    adapter: FamilyAdapter
+    spec: MethodSpec
+    settings: Any
+    task: UnlearnTask
+    plan: ComparisonPlan
+
+
+@dataclass
+class RunEvent:
+    kind: str  # "train" | "edit" | "compare" | "done"
+    step: StepReport | None = None
+    loss_log: list[dict] = field(default_factory=list)
+    edit: Edit | None = None
+    state: ComparisonState | None = None
+    folder: Path | None = None
+
+
+def _concepts(values: list[str] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = values.split(",")
+    return [str(v).strip() for v in values]
+
+
+def prepare(request: RunRequest, profile: HostProfile | None = None) -> PreparedRun:
+    """Validate the whole request against the hosted profile and the model; load the model."""
+    profile = profile or get_profile()
+    limits = profile.limits
+    model_id, _, _ = resolve(request.model)
+    if profile.models and model_id not in profile.models and not Path(str(request.model)).expanduser().is_dir():
+        raise InputError(f"model '{request.model}' is not allowed here; allowed: {', '.join(profile.models)}.")
+    spec = get_method(request.method)
+    if profile.methods and spec.name not in profile.methods:
+        raise InputError(f"method '{spec.name}' is not allowed here; allowed: {', '.join(profile.methods)}.")
+    adapter = load_adapter(request.model, request.device)
+    if adapter.family not in spec.families:
+        raise InputError(f"{spec.label} does not support {adapter.family} models yet.")
+
+    forget = _concepts(request.forget)
+    if not forget or any(not c for c in forget):
+        raise InputError("the concept to forget is empty: pick at least one concept, e.g. " + ", ".join(adapter.concepts()[:3]) + ".")
+    forget = [adapter.validate_concept(c) for c in forget]
+    if len(set(forget)) != len(forget):
+        raise InputError(f"a concept is listed twice in the forget list: {', '.join(forget)}.")
+    if len(forget) > limits.max_concepts:
+        raise InputError(f"{len(forget)} concepts to forget; this instance allows at most {limits.max_concepts}.")
+    known = adapter.concepts()
+    preserve = _concepts(request.preserve)
+    retain = [adapter.validate_concept(c) for c in preserve] if preserve else [c for c in known if c not in forget]
+    if both := sorted(set(retain) & set(forget)):
+        raise InputError(f"{', '.join(both)} is both forgotten and preserved; choose one.")
+    if not retain:
+        raise InputError("nothing would be left to keep: forgetting every concept leaves no retained concept to check. "
+                         "Forget fewer concepts.")
+    anchor = None
+    if request.anchor not in (None, ""):
+        anchor = adapter.validate_concept(request.anchor)
+        if anchor in forget:
+            raise InputError(f"the anchor '{anchor}' is also being forgotten; pick another anchor.")
+
+    settings = spec.settings(model_id, request.settings)
+    iterations = getattr(settings, "iterations", None)
+    if iterations is not None and iterations > limits.max_iterations:
+        raise InputError(f"iterations = {iterations} is more than this instance allows ({limits.max_iterations}).")
+    steps = request.num_inference_steps
+    if steps is not None and not 1 <= steps <= limits.max_inference_steps:
+        raise InputError(f"sampling steps must be between 1 and {limits.max_inference_steps}; got {steps}.")
+    if request.guidance_scale is not None and not 0 <= request.guidance_scale <= 50:
+        raise InputError(f"guidance scale must be between 0 and 50; got {request.guidance_scale}.")
+    if request.forget_samples < 1 or request.retain_samples < 1:
+        raise InputError("the number of comparison samples must be at least 1.")
+    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed))
+    plan = plan_comparison(adapter, task, forget_samples=request.forget_samples, retain_samples=request.retain_samples,
+                           seed=int(request.seed), num_inference_steps=steps, guidance_scale=request.guidance_scale)
+    if len(plan.items) > limits.max_samples:
+        raise InputError(f"this run would generate {len(plan.items)} comparison pairs; this instance allows {limits.max_samples}.")
+    return PreparedRun(request, model_id, adapter, spec, settings, task, plan)
+
+
+_SENTINEL = object()
+
+
+def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Event | None = None) -> Iterator[RunEvent]:
+    """Unlearn, then compare; yields events as they happen. Closing the generator cancels the run."""
+    from .runs import check_writable, write_run_folder
+
+    if out_dir is not None:
+        check_writable(out_dir)  # fail before spending minutes on training
+    cancel = cancel or threading.Event()
+    events: queue.Queue = queue.Queue()
+    result: dict[str, Any] = {}
+    loss_log: list[dict] = []
+
+    def on_step(report: StepReport) -> None:
+        events.put(report)
+
+    def work() -> None:
+        try:
+            result["edit"] = run.spec.unlearn(run.adapter, run.task, run.settings, RunContext(on_step, cancel))
+        except BaseException as exc:  # handed to the consumer thread and re-raised there
+            result["error"] = exc
+        finally:
+            events.put(_SENTINEL)
+
+    worker = threading.Thread(target=work, name=f"unlearn-{run.spec.name}", daemon=True)
+    worker.start()
+    try:
+        while (item := events.get()) is not _SENTINEL:
+            loss_log.append({"step": item.step, "loss": item.loss, **item.extra})
+            yield RunEvent("train", step=item, loss_log=loss_log)
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        edit: Edit = result["edit"]
+        yield RunEvent("edit", edit=edit, loss_log=loss_log)
+        edited = edit.apply_to_copy(run.adapter.unet)
+        state = None
+        for state in iter_comparison(run.adapter, edited, run.plan, run.task, edit.timings.get("unlearn_s")):
+            if cancel.is_set():
+                raise UnlearningError("the run was cancelled.")
+            yield RunEvent("compare", state=state, edit=edit, loss_log=loss_log)
+        folder = write_run_folder(out_dir, run, edit, state) if out_dir is not None else None
+        yield RunEvent("done", state=state, edit=edit, loss_log=loss_log, folder=folder)
+    finally:
+        cancel.set()  # stops the worker at its next step if the consumer went away
+        worker.join(timeout=30)
+
+
+def request_dict(request: RunRequest) -> dict:
+    return dataclasses.asdict(request)

@@ -1,0 +1,134 @@
+"""Run folders: everything needed to look at, share and reproduce one run.
+
+    run.json          the run card: request, every setting, seeds, model, versions, timings
+    metrics.json      the metrics table's numbers
+    edit.safetensors  the changed parameters only (see unlearning.edit)
+    loss.json         the loss log
+    images/           forget_grid.png, retain_grid.png, original/*.png, unlearned/*.png
+
+A folder is built beside its destination and renamed into place, so a reader never sees half a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from .compare import ComparisonState
+from .edit import Edit
+from .errors import InputError
+from .images import pair_grid, to_pil
+
+RUN_FILES = ("run.json", "metrics.json", "edit.safetensors", "loss.json", "images")
+
+
+def check_writable(out: Path) -> None:
+    """Refuse early: an output folder we could not write, or one holding something other than a run."""
+    out = Path(out)
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output '{out}' is a file; give a folder.")
+    if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
+        raise InputError(f"output folder '{out}' is not empty and holds no earlier run; choose an empty or new folder.")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder '{out}' is not writable; choose another folder (--out).")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "diffusers", "transformers", "accelerate", "gradio", "torchmetrics", "lpips", "safetensors"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            out["unlearning_lab_commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def run_card(run, edit: Edit, state: ComparisonState) -> dict:
+    """Every setting needed to reproduce the run (``run`` is a PreparedRun)."""
+    return {
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "request": dataclasses.asdict(run.request),
+        "model": run.adapter.describe(),
+        "method": {"name": run.spec.name, "label": run.spec.label, "citation": run.spec.citation},
+        "settings": dataclasses.asdict(run.settings),
+        "task": dataclasses.asdict(run.task),
+        "comparison": {
+            "num_inference_steps": run.plan.num_inference_steps,
+            "guidance_scale": run.plan.guidance_scale,
+            "sampler": "DDIM, eta = 0, initial noise drawn on CPU per seed",
+            "seeds": run.plan.seeds,
+        },
+        "edit": edit.summary(),
+        "timings": state.metrics.get("timings", {}),
+        "versions": versions(),
+        "reproduce": "python -m unlearning run --model {m} --method {me} --forget {f} --seed {s} {sets}".format(
+            m=run.request.model, me=run.spec.name, f=",".join(run.task.forget), s=run.task.seed,
+            sets=" ".join(f"--set {k}={v}" for k, v in dataclasses.asdict(run.settings).items()),
+        ),
+    }
+
+
+def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path:
+    out = Path(out)
+    check_writable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (tmp / "run.json").write_text(json.dumps(run_card(run, edit, state), indent=2, default=str) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(state.metrics, indent=2, default=str) + "\n")
+        (tmp / "loss.json").write_text(json.dumps(edit.loss_log) + "\n")
+        edit.save(tmp / "edit.safetensors")
+        images = tmp / "images"
+        for group in ("forget", "retain"):
+            idx = state.indices(group)
+            if idx:
+                columns = 8 if group == "forget" else len(run.task.retain)
+                order = idx if group == "forget" else _by_seed_then_concept(run, idx)
+                grid = pair_grid([state.original[i] for i in order], [state.unlearned[i] for i in order], columns)
+                images.mkdir(exist_ok=True)
+                grid.save(images / f"{group}_grid.png")
+        for which in ("original", "unlearned"):
+            (images / which).mkdir(parents=True, exist_ok=True)
+            for i, (group, concept, seed) in enumerate(run.plan.items):
+                to_pil(getattr(state, which)[i]).save(images / which / f"{group}_{concept}_seed{seed}.png")
+        if out.exists():  # replacing an earlier run in the same folder
+            old = out.with_name(f".{out.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _by_seed_then_concept(run, idx: list[int]) -> list[int]:
+    """Retained samples laid out as rows of seeds, one column per concept."""
+    items = run.plan.items
+    return sorted(idx, key=lambda i: (run.plan.seeds[f"retain:{items[i][1]}"].index(items[i][2]), run.task.retain.index(items[i][1])))
+
+
+def zip_run(folder: Path) -> Path:
+    """A zip of the run folder next to it (for the UI's download button)."""
+    return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
