@@ -132,3 +132,23 @@ def _by_seed_then_concept(run, idx: list[int]) -> list[int]:
 def zip_run(folder: Path) -> Path:
     """A zip of the run folder next to it (for the UI's download button)."""
     return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+
+
+def new_run_folder(root: Path, model: str, method: str) -> Path:
+    """A fresh, unique folder name under ``root`` (not created: write_run_folder makes it)."""
+    import uuid
+
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    safe_model = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(model).name)[:40]
+    return Path(root) / f"{stamp}-{safe_model}-{method}-{uuid.uuid4().hex[:6]}"
+
+
+def prune_runs(root: Path, keep: int) -> None:
+    """Delete the oldest run folders (and their zips) beyond ``keep``."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    runs = sorted((p for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()), key=lambda p: p.stat().st_mtime)
+    for old in runs[: max(0, len(runs) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+        old.with_suffix(".zip").unlink(missing_ok=True)

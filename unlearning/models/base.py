@@ -83,7 +83,9 @@ class FamilyAdapter(ABC):
     # ---- noise prediction and sampling --------------------------------------------------------
     def frozen_copy_for_training(self) -> UNet2DConditionModel:
         """A float32 trainable copy of the base UNet; the base stays as it is."""
-        unet = copy.deepcopy(self.unet).to(dtype=torch.float32)
+        unet = copy.deepcopy(self.unet)
+        if unet.dtype != torch.float32:
+            unet = unet.float()
         unet.train()
         for p in unet.parameters():
             p.requires_grad_(False)

@@ -1,0 +1,181 @@
+"""unlearning-lab: the Gradio app. Layout and wiring only; the work is in ``unlearning.ui``.
+
+    python app.py [--share] [--server-name 0.0.0.0] [--port 7860]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+import gradio as gr
+
+from unlearning import ui
+from unlearning.config import get_profile
+from unlearning.devices import DEVICE_CHOICES
+from unlearning.methods import METHODS
+from unlearning.report import METRIC_HEADERS
+
+DEFAULT_MODEL = "digits"
+DEFAULT_METHOD = "esd"
+DEFAULT_FORGET = "3"
+
+
+def build_demo() -> gr.Blocks:
+    profile = get_profile()
+    models = ui.model_choices()
+    model0 = DEFAULT_MODEL if any(v == DEFAULT_MODEL for _, v in models) else models[0][1]
+    concepts = ui.concept_choices(model0)
+    methods = ui.method_choices()
+    method0 = DEFAULT_METHOD if any(v == DEFAULT_METHOD for _, v in methods) else methods[0][1]
+    controls = ui.setting_controls(model0)
+
+    with gr.Blocks(title="unlearning-lab") as demo:
+        gr.Markdown("# unlearning-lab\n" + ui.INTRO)
+        pairs_state = gr.State({})
+        with gr.Tabs():
+            with gr.Tab("Unlearn"):
+                with gr.Row():
+                    # ---- left: what to do
+                    with gr.Column(scale=1, min_width=320):
+                        model = gr.Dropdown(models, value=model0, label="Model")
+                        model_info = gr.Markdown(ui.model_markdown(model0))
+                        forget = gr.Dropdown(concepts, value=DEFAULT_FORGET if DEFAULT_FORGET in concepts else concepts[0],
+                                             multiselect=True, label="Concept(s) to forget")
+                        anchor = gr.Dropdown([ui.ERASE, *concepts], value=ui.ERASE, label="Anchor (draw this instead)",
+                                             info="ESD and fine-tuning can map the forgotten concept to another one; "
+                                             "'none' erases it.")
+                        method = gr.Dropdown(methods, value=method0, label="Method")
+                        method_info = gr.Markdown(ui.method_markdown(method0))
+                        setting_inputs: list[gr.components.Component] = []
+                        groups = {}
+                        with gr.Accordion("Method settings (paper defaults; values tuned for the twin)", open=False):
+                            for spec in METHODS.values():
+                                with gr.Group(visible=spec.name == method0) as group:
+                                    for c in (c for c in controls if c.method == spec.name):
+                                        if c.kind == "choice":
+                                            comp = gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info)
+                                        elif c.kind == "bool":
+                                            comp = gr.Checkbox(value=c.value, label=c.label, info=c.info)
+                                        else:
+                                            comp = gr.Number(value=c.value, label=c.label, info=c.info,
+                                                             precision=0 if c.kind == "int" else None)
+                                        setting_inputs.append(comp)
+                                groups[spec.name] = group
+                        with gr.Accordion("Comparison and device", open=False):
+                            seed = gr.Number(0, label="seed", precision=0, info="first seed; the same seeds feed both models")
+                            forget_samples = gr.Number(16, label="samples of the forgotten concept", precision=0)
+                            retain_samples = gr.Number(4, label="samples per retained concept", precision=0)
+                            steps = gr.Number(None, label="sampling steps (empty: the model's default)", precision=0,
+                                              info=f"at most {profile.limits.max_inference_steps}")
+                            guidance = gr.Number(None, label="guidance scale (empty: the model's default)")
+                            device = gr.Dropdown(list(DEVICE_CHOICES), value="auto", label="device",
+                                                 info="auto = CUDA when present, else CPU")
+                        with gr.Row():
+                            run_btn = gr.Button("Unlearn", variant="primary")
+                            cancel_btn = gr.Button("Cancel", variant="stop")
+
+                    # ---- right: what happened
+                    with gr.Column(scale=2):
+                        status = gr.Markdown("Press **Unlearn** to start. On the embedded digits model a run takes "
+                                             "well under a minute on a laptop CPU.")
+                        loss_plot = gr.LinePlot(ui.LOSS_EMPTY, x="step", y="loss", color="series", title="Loss during unlearning",
+                                                height=220)
+                        gr.Markdown("**Forgotten concept**: each pair of rows is original (top) and unlearned (bottom), "
+                                    "same seed per column.")
+                        forget_grid = gr.Image(label="forgotten concept: original above, unlearned below", format="png",
+                                               type="pil", interactive=False, height=300)
+                        gr.Markdown("**Retained concepts**: one column per concept; pairs of rows per seed, "
+                                    "original above unlearned.")
+                        retain_grid = gr.Image(label="retained concepts: original above, unlearned below", format="png",
+                                               type="pil", interactive=False, height=360)
+                        metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Metrics (computed on raw images)", wrap=True,
+                                               interactive=False)
+                        with gr.Row():
+                            pair = gr.Dropdown([], label="Look at one pair", info="drag the slider: original | unlearned")
+                            slider = gr.ImageSlider(label="original | unlearned", format="png", type="pil", height=300)
+                        download = gr.File(label="Download this run (run card, metrics, images, edit.safetensors)")
+
+            with gr.Tab("Methods and metrics"):
+                gr.Markdown(methods_markdown())
+
+        # ---- wiring
+        def on_model(m):
+            names = ui.concept_choices(m)
+            return (gr.update(choices=names, value=names[:1]), gr.update(choices=[ui.ERASE, *names], value=ui.ERASE),
+                    ui.model_markdown(m))
+
+        model.change(on_model, model, [forget, anchor, model_info], api_visibility="private")
+
+        def on_method(name):
+            return [ui.method_markdown(name)] + [gr.update(visible=n == name) for n in groups]
+
+        method.change(on_method, method, [method_info, *groups.values()], api_visibility="private")
+
+        run_inputs = [model, forget, anchor, method, seed, forget_samples, retain_samples, steps, guidance, device, *setting_inputs]
+        run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download]
+
+        def on_run(m, f, a, me, s, nf, nr, st, g, d, *values, progress=gr.Progress()):
+            cancel = threading.Event()
+            try:
+                request = ui.parse_request(m, f, a, me, s, nf, nr, st, g, d, ui.settings_from_controls(me, controls, list(values)))
+            except Exception as exc:  # bad numbers from the form
+                yield {status: f"**Could not run:** {exc}"}
+                return
+            try:
+                for out in ui.run_stream(request, cancel=cancel, progress=progress):
+                    update = {}
+                    for comp, value in ((status, out.status), (loss_plot, out.loss), (forget_grid, out.forget_grid),
+                                        (retain_grid, out.retain_grid), (metrics, out.metrics), (download, out.download)):
+                        if value is not None:
+                            update[comp] = value
+                    if out.pairs is not None:
+                        update[pairs_state] = out.pairs
+                        first = next(iter(out.pairs), None)
+                        update[pair] = gr.update(choices=list(out.pairs), value=first)
+                        update[slider] = out.pairs[first] if first else None
+                    yield update
+            finally:
+                cancel.set()  # a cancelled or closed event stops the method at its next step
+
+        run_event = run_btn.click(on_run, run_inputs, run_outputs, api_name="unlearn", concurrency_id="gpu")
+        cancel_btn.click(None, None, None, cancels=[run_event])
+        pair.change(lambda key, pairs: pairs.get(key) if key else None, [pair, pairs_state], slider, api_visibility="private")
+    return demo
+
+
+def methods_markdown() -> str:
+    lines = ["## Methods", ""]
+    for spec in METHODS.values():
+        lines.append(f"**{spec.label}** (`{spec.name}`): {spec.summary}  \n*{spec.citation}*\n")
+    lines += [
+        "## Metrics",
+        "",
+        "- **forget rate**: share of samples of the forgotten concept that the evaluator still classifies as it "
+        "(lower is better after unlearning), with a 95% Wilson interval over the sample count.",
+        "- **PUL**: percentage of unlearning, 100 × (before − after) / before.",
+        "- **retain accuracy**: share of samples of the other concepts that the evaluator classifies correctly.",
+        "- **SSIM / PSNR**: unlearned vs original image on the retained concepts (same seed): how intact they stayed.",
+        "- **LPIPS**: needs AlexNet's pretrained weights; shown as *unavailable* (with how to enable it) when they "
+        "are not cached. Never computed with random weights.",
+        "- **evaluator-FID**: Fréchet distance between generated and real images on the *evaluator's* features "
+        "(not Inception FID; biased upward at small sample counts — compare the two columns, not to published FIDs).",
+        "- **timings**: measured wall-clock of the unlearning and seconds per sampled image for each model.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="unlearning-lab app")
+    parser.add_argument("--share", action="store_true", help="create a public Gradio link")
+    parser.add_argument("--server-name", default=None, help="e.g. 0.0.0.0 to listen on all interfaces")
+    parser.add_argument("--port", type=int, default=None, help="default 7860 (or GRADIO_SERVER_PORT)")
+    args = parser.parse_args()
+    profile = get_profile()
+    demo = build_demo()
+    demo.queue(max_size=profile.queue.max_size, default_concurrency_limit=profile.queue.concurrency)
+    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()
