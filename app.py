@@ -19,6 +19,8 @@ from unlearning.report import METRIC_HEADERS
 DEFAULT_MODEL = "digits"
 DEFAULT_METHOD = "esd"
 DEFAULT_FORGET = "3"
+# Tiny images are upscaled by the browser: keep the pixels crisp instead of blurring them.
+CSS = "img { image-rendering: pixelated; }"
 
 
 def build_demo() -> gr.Blocks:
@@ -29,12 +31,13 @@ def build_demo() -> gr.Blocks:
     methods = ui.method_choices()
     method0 = DEFAULT_METHOD if any(v == DEFAULT_METHOD for _, v in methods) else methods[0][1]
     controls = ui.setting_controls(model0)
+    steps0, guidance0 = ui.sampling_defaults(model0)
 
     with gr.Blocks(title="unlearning-lab") as demo:
         gr.Markdown("# unlearning-lab\n" + ui.INTRO)
         pairs_state = gr.State({})
         with gr.Tabs():
-            with gr.Tab("Unlearn"):
+            with gr.Tab("Unlearn"):  # noqa: SIM117 (Gradio layout reads best nested)
                 with gr.Row():
                     # ---- left: what to do
                     with gr.Column(scale=1, min_width=320):
@@ -47,6 +50,10 @@ def build_demo() -> gr.Blocks:
                                              "'none' erases it.")
                         method = gr.Dropdown(methods, value=method0, label="Method")
                         method_info = gr.Markdown(ui.method_markdown(method0))
+                        # above the settings accordions, so the button is on screen when the page opens
+                        with gr.Row():
+                            run_btn = gr.Button("Unlearn", variant="primary")
+                            cancel_btn = gr.Button("Cancel", variant="stop")
                         setting_inputs: list[gr.components.Component] = []
                         groups = {}
                         with gr.Accordion("Method settings (paper defaults; values tuned for the twin)", open=False):
@@ -66,34 +73,34 @@ def build_demo() -> gr.Blocks:
                             seed = gr.Number(0, label="seed", precision=0, info="first seed; the same seeds feed both models")
                             forget_samples = gr.Number(16, label="samples of the forgotten concept", precision=0)
                             retain_samples = gr.Number(4, label="samples per retained concept", precision=0)
-                            steps = gr.Number(None, label="sampling steps (empty: the model's default)", precision=0,
-                                              info=f"at most {profile.limits.max_inference_steps}")
-                            guidance = gr.Number(None, label="guidance scale (empty: the model's default)")
+                            # pre-filled with the model's defaults: Gradio 6 shows and sends an empty Number as 0
+                            steps = gr.Number(steps0, label="sampling steps", precision=0,
+                                              info=f"the model's default is {steps0}; at most {profile.limits.max_inference_steps}")
+                            guidance = gr.Number(guidance0, label="guidance scale",
+                                                 info=f"classifier-free guidance; the model's default is {guidance0:g}")
                             device = gr.Dropdown(list(DEVICE_CHOICES), value="auto", label="device",
                                                  info="auto = CUDA when present, else CPU")
-                        with gr.Row():
-                            run_btn = gr.Button("Unlearn", variant="primary")
-                            cancel_btn = gr.Button("Cancel", variant="stop")
 
                     # ---- right: what happened
                     with gr.Column(scale=2):
                         status = gr.Markdown("Press **Unlearn** to start. On the embedded digits model a run takes "
                                              "well under a minute on a laptop CPU.")
-                        loss_plot = gr.LinePlot(ui.LOSS_EMPTY, x="step", y="loss", color="series", title="Loss during unlearning",
+                        loss_plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss during unlearning",
                                                 height=220)
                         gr.Markdown("**Forgotten concept**: each pair of rows is original (top) and unlearned (bottom), "
                                     "same seed per column.")
                         forget_grid = gr.Image(label="forgotten concept: original above, unlearned below", format="png",
-                                               type="pil", interactive=False, height=300)
+                                               type="pil", interactive=False)
                         gr.Markdown("**Retained concepts**: one column per concept; pairs of rows per seed, "
                                     "original above unlearned.")
                         retain_grid = gr.Image(label="retained concepts: original above, unlearned below", format="png",
-                                               type="pil", interactive=False, height=360)
+                                               type="pil", interactive=False)
                         metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Metrics (computed on raw images)", wrap=True,
-                                               interactive=False)
+                                               interactive=False,
+                                               column_widths=["17%", "14%", "14%", "33%", "6%", "16%"], max_height=1400)
                         with gr.Row():
                             pair = gr.Dropdown([], label="Look at one pair", info="drag the slider: original | unlearned")
-                            slider = gr.ImageSlider(label="original | unlearned", format="png", type="pil", height=300)
+                            slider = gr.ImageSlider(label="original | unlearned", format="png", type="pil", max_height=320)
                         download = gr.File(label="Download this run (run card, metrics, images, edit.safetensors)")
 
             with gr.Tab("Methods and metrics"):
@@ -102,10 +109,13 @@ def build_demo() -> gr.Blocks:
         # ---- wiring
         def on_model(m):
             names = ui.concept_choices(m)
+            st, g = ui.sampling_defaults(m)
             return (gr.update(choices=names, value=names[:1]), gr.update(choices=[ui.ERASE, *names], value=ui.ERASE),
-                    ui.model_markdown(m))
+                    ui.model_markdown(m),
+                    gr.update(value=st, info=f"the model's default is {st}; at most {profile.limits.max_inference_steps}"),
+                    gr.update(value=g, info=f"classifier-free guidance; the model's default is {g:g}"))
 
-        model.change(on_model, model, [forget, anchor, model_info], api_visibility="private")
+        model.change(on_model, model, [forget, anchor, model_info, steps, guidance], api_visibility="private")
 
         def on_method(name):
             return [ui.method_markdown(name)] + [gr.update(visible=n == name) for n in groups]
@@ -115,7 +125,7 @@ def build_demo() -> gr.Blocks:
         run_inputs = [model, forget, anchor, method, seed, forget_samples, retain_samples, steps, guidance, device, *setting_inputs]
         run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download]
 
-        def on_run(m, f, a, me, s, nf, nr, st, g, d, *values, progress=gr.Progress()):
+        def on_run(m, f, a, me, s, nf, nr, st, g, d, *values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
             cancel = threading.Event()
             try:
                 request = ui.parse_request(m, f, a, me, s, nf, nr, st, g, d, ui.settings_from_controls(me, controls, list(values)))
@@ -125,7 +135,9 @@ def build_demo() -> gr.Blocks:
             try:
                 for out in ui.run_stream(request, cancel=cancel, progress=progress):
                     update = {}
-                    for comp, value in ((status, out.status), (loss_plot, out.loss), (forget_grid, out.forget_grid),
+                    if out.loss is not None:  # None clears the plot: an empty frame would break its colour scale
+                        update[loss_plot] = None if out.loss.empty else out.loss
+                    for comp, value in ((status, out.status), (forget_grid, out.forget_grid),
                                         (retain_grid, out.retain_grid), (metrics, out.metrics), (download, out.download)):
                         if value is not None:
                             update[comp] = value
@@ -174,7 +186,7 @@ def main() -> None:
     profile = get_profile()
     demo = build_demo()
     demo.queue(max_size=profile.queue.max_size, default_concurrency_limit=profile.queue.concurrency)
-    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port)
+    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, css=CSS)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,17 @@ def artifacts_dir() -> Path:
     path = REPO_ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete but *untrained* digits-layout model folder (8 steps; a few seconds on a CPU).
+
+    Its pictures are noise: use it for plumbing (loading, sampling, runs, files, errors), never for
+    quality. Load it with ``load_adapter(str(tiny_model), "cpu")`` or pass it as ``--model``.
+    """
+    from unlearning.embedded.digits import train_twin
+
+    folder = tmp_path_factory.mktemp("tiny-model") / "digits-tiny"
+    train_twin(folder, minutes=1, max_steps=8, batch_size=16, seed=0, evaluator_epochs=1)
+    return folder

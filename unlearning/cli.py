@@ -34,7 +34,9 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import RunRequest, execute, prepare
+    from .runs import check_writable
 
+    check_writable(Path(args.out))  # before loading anything
     request = RunRequest(
         model=args.model, method=args.method, forget=args.forget.split(","), anchor=args.anchor,
         preserve=args.preserve.split(",") if args.preserve else None, settings=_parse_sets(args.set),
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnlearningError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. the disk filled up while writing the run folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written.", file=sys.stderr)
         return 130

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -41,6 +40,3 @@ def side_by_side(a: torch.Tensor, b: torch.Tensor, size: int = 256) -> tuple[Ima
     """A pair for gr.ImageSlider, upscaled to ``size`` with nearest neighbours."""
     return to_pil(a, size).convert("RGB"), to_pil(b, size).convert("RGB")
 
-
-def as_uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()

@@ -37,7 +37,7 @@ def metrics_rows(m: dict) -> list[list[str]]:
         if not entry:
             continue
         if "unavailable" in entry:
-            rows.append([label, "", "unavailable", f"{entry['unavailable']} — {entry.get('how_to_enable', '')}".strip(" —"), "", "lpips (AlexNet)"])
+            rows.append([label, "", "unavailable", f"{entry['unavailable']} (see 'Methods and metrics' to enable)", "", "lpips (AlexNet)"])
         else:
             rows.append([label, "", fmt.format(entry["value"]), entry["compares"], str(entry["n"]), entry["library"]])
     fid = m.get("evaluator_fid")

@@ -11,6 +11,7 @@ A folder is built beside its destination and renamed into place, so a reader nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -33,24 +34,28 @@ RUN_FILES = ("run.json", "metrics.json", "edit.safetensors", "loss.json", "image
 def check_writable(out: Path) -> None:
     """Refuse early: an output folder we could not write, or one holding something other than a run."""
     out = Path(out)
-    parent = out if out.exists() else out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
     if out.exists() and not out.is_dir():
         raise InputError(f"output '{out}' is a file; give a folder.")
     if out.exists() and any(out.iterdir()) and not (out / "run.json").exists():
         raise InputError(f"output folder '{out}' is not empty and holds no earlier run; choose an empty or new folder.")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder '{out}' is not writable; choose another folder (--out).")
+    # write_run_folder builds the run beside `out`, creating missing parents: probe the nearest one that exists.
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"output folder '{out}' cannot be written: '{parent}' is a file, not a folder; choose another folder (--out).")
+    try:  # os.access says yes to root everywhere, and knows nothing of /proc or full disks: try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise InputError(f"output folder '{out}' is not writable ({exc.strerror or exc}); choose another folder (--out).") from None
 
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("torch", "diffusers", "transformers", "accelerate", "gradio", "torchmetrics", "lpips", "safetensors"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     try:
         root = Path(__file__).resolve().parents[1]
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -100,7 +105,7 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path
         for group in ("forget", "retain"):
             idx = state.indices(group)
             if idx:
-                columns = 8 if group == "forget" else len(run.task.retain)
+                columns = min(8, len(idx)) if group == "forget" else len(run.task.retain)
                 order = idx if group == "forget" else _by_seed_then_concept(run, idx)
                 grid = pair_grid([state.original[i] for i in order], [state.unlearned[i] for i in order], columns)
                 images.mkdir(exist_ok=True)

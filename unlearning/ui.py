@@ -5,8 +5,8 @@ Every handler is a plain function of plain values, so it can be tested without a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +21,7 @@ from .images import pair_grid, side_by_side
 from .methods import METHODS, get_method
 from .methods.base import settings_fields
 from .models.catalog import CATALOG, load_adapter, resolve
-from .report import METRIC_HEADERS, metrics_rows
+from .report import metrics_rows
 from .run import RunRequest, execute, prepare
 from .runs import new_run_folder, prune_runs, zip_run
 
@@ -70,6 +70,27 @@ def concept_choices(model: str) -> list[str]:
 def model_markdown(model: str) -> str:
     entry = CATALOG.get(model)
     return entry.description if entry else ""
+
+
+def sampling_defaults(model: str) -> tuple[int, float]:
+    """The model's default (sampling steps, guidance scale), to pre-fill the form.
+
+    Gradio 6 shows a ``gr.Number(None)`` as 0 and sends 0, so "leave it empty for the default" would
+    silently ask for 0 steps / guidance 0; the form shows the real defaults instead. Reads the same
+    ``twin.json`` the adapter reads, without loading the model.
+    """
+    import json
+
+    from .models.base import SamplingDefaults
+
+    base = SamplingDefaults()
+    try:
+        _, path, _ = resolve(model)
+        twin = json.loads((path / "twin.json").read_text()) if (path / "twin.json").is_file() else {}
+    except (UnlearningError, OSError, ValueError):
+        twin = {}
+    return (int(twin.get("num_inference_steps", base.num_inference_steps)),
+            float(twin.get("guidance_scale", base.guidance_scale)))
 
 
 def method_markdown(method: str) -> str:
@@ -132,11 +153,12 @@ def parse_request(model: str, forget: list[str] | str | None, anchor: str | None
     def whole(value, name: str) -> int | None:
         if value is None:
             return None
-        if float(value) != int(value):
+        number = float(value)
+        if not math.isfinite(number) or number != int(number):  # int(nan) / int(inf) would raise a bare ValueError
             from .errors import InputError
 
             raise InputError(f"{name} must be a whole number, got {value}.")
-        return int(value)
+        return int(number)
 
     forget_list = [forget] if isinstance(forget, str) else list(forget or [])
     return RunRequest(
@@ -196,7 +218,7 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
 
 def grids(run, state) -> tuple[Any, Any]:
     f_idx, r_idx = state.indices("forget"), state.indices("retain")
-    forget = pair_grid([state.original[i] for i in f_idx], [state.unlearned[i] for i in f_idx], 8) if f_idx else None
+    forget = pair_grid([state.original[i] for i in f_idx], [state.unlearned[i] for i in f_idx], min(8, len(f_idx))) if f_idx else None
     if not r_idx:
         return forget, None
     from .runs import _by_seed_then_concept
@@ -217,6 +239,3 @@ def settings_from_controls(method: str, controls: list[SettingControl], values: 
     """The selected method's settings from the generated controls' values."""
     return {c.name: v for c, v in zip(controls, values, strict=True) if c.method == method}
 
-
-def describe_settings(settings: Any) -> dict:
-    return dataclasses.asdict(settings)

@@ -7,7 +7,6 @@ starts from the dataclass defaults, which are the paper's values.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +63,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023",
             settings_cls=esd.ESDSettings,
             unlearn=esd.unlearn,
-            tuned={"digits": {"iterations": 120, "lr": 1e-3, "ddim_steps": 25, "batch_size": 4}},
+            tuned={"digits": {"iterations": 80, "lr": 1e-3, "ddim_steps": 25, "batch_size": 2, "start_guidance": 2.0}},
             uses_anchor=True,
         ),
         MethodSpec(
@@ -75,7 +74,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Baseline; e.g. Thudi et al. 2022, Fan et al. (SalUn) ICLR 2024",
             settings_cls=gradient_ascent.GradientAscentSettings,
             unlearn=gradient_ascent.unlearn,
-            tuned={"digits": {"iterations": 60, "lr": 2e-4, "retain_weight": 1.0, "batch_size": 16}},
+            tuned={"digits": {"iterations": 40, "lr": 1e-3, "retain_weight": 1.0, "batch_size": 16, "group": "cross_attention"}},
         ),
         MethodSpec(
             name="finetune",
@@ -99,4 +98,4 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[key]
 
 
-__all__ = ["METHODS", "MethodSpec", "get_method", "dataclasses"]
+__all__ = ["METHODS", "MethodSpec", "get_method"]

@@ -214,15 +214,20 @@ class ConceptPool:
         return self.x0[idx], self.cond[idx]
 
 
+def forward_noise(adapter: FamilyAdapter, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t, eps): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps with t ~ U{0..T-1}, eps ~ N(0, I); t is on x0's device."""
+    noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
+    t = torch.randint(adapter.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g)
+    return adapter.noise_scheduler.add_noise(x0, noise, t), t.to(x0.device), noise
+
+
 def denoising_loss(adapter: FamilyAdapter, unet: torch.nn.Module, x0: torch.Tensor, cond: torch.Tensor,
                    g: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
     """L_simple (Ho et al. 2020): || eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t, c) ||^2,
     t ~ U{0..T-1}; optional per-timestep weights C_t (a (T,) tensor)."""
-    noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
-    t = torch.randint(adapter.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g)
-    x_t = adapter.noise_scheduler.add_noise(x0, noise, t)
-    per_sample = F.mse_loss(adapter.eps(unet, x_t, t.to(x0.device), cond).float(), noise.float(), reduction="none")
+    x_t, t, noise = forward_noise(adapter, x0, g)
+    per_sample = F.mse_loss(adapter.eps(unet, x_t, t, cond).float(), noise.float(), reduction="none")
     per_sample = per_sample.flatten(1).mean(1)  # (B,)
     if weights is not None:
-        per_sample = per_sample * weights[t].to(per_sample.device)
+        per_sample = per_sample * weights.to(per_sample.device)[t]
     return per_sample.mean()

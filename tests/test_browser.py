@@ -1,0 +1,141 @@
+"""The app in a real browser: Debian's chromium driven by Playwright clicks the real controls.
+
+A fast ESD run set through the form (accordions opened, numbers typed), then a screenshot of the
+whole page to ``test-artifacts/app_after_run.png`` for a person to look at; and a bad input that
+must show "Could not run" with a message. Skipped where chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from apphelpers import FAST_COMPARE, FAST_ESD, RUN_TIMEOUT_S, launched_app
+
+from unlearning import ui
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+UI_TIMEOUT_MS = 60_000  # page load and a refused request
+RUN_TIMEOUT_MS = RUN_TIMEOUT_S * 1000
+
+# the form's labels (app.py) for the fast settings
+FAST_FORM = {
+    **{name: FAST_ESD[name] for name in ("iterations", "ddim_steps", "batch_size")},
+    "samples of the forgotten concept": FAST_COMPARE["forget_samples"],
+    "samples per retained concept": FAST_COMPARE["retain_samples"],
+    "sampling steps": FAST_COMPARE["steps"],
+}
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    with launched_app() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.goto(app_url, wait_until="domcontentloaded")
+    unlearn_button(page).wait_for()
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def unlearn_button(page):
+    return page.get_by_role("button", name="Unlearn", exact=True)
+
+
+def open_accordions(page):
+    page.get_by_text("Method settings").click()
+    page.get_by_text("Comparison and device").click()
+    page.get_by_label("iterations", exact=True).wait_for()
+
+
+def set_number(page, label: str, value) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")  # blur: the component takes the value
+
+
+def image_block(page, label_start: str):
+    """The gr.Image block whose label starts with ``label_start``."""
+    label = page.get_by_test_id("block-label").filter(has_text=label_start)
+    return label.locator("xpath=ancestor::div[contains(concat(' ', normalize-space(@class), ' '), ' block ')][1]")
+
+
+def error_toasts(page):
+    return page.get_by_test_id("toast-body").filter(has_text=re.compile("error", re.IGNORECASE))
+
+
+def test_fast_run_in_the_browser(page, artifacts_dir):
+    from playwright.sync_api import expect
+
+    open_accordions(page)
+    # the form starts at the model's real sampling defaults (Gradio 6 would show an empty Number as 0)
+    steps0, _ = ui.sampling_defaults("digits")
+    expect(page.get_by_label("sampling steps", exact=True)).to_have_value(str(steps0))
+    for label, value in FAST_FORM.items():
+        set_number(page, label, value)
+
+    unlearn_button(page).click()
+    expect(page.get_by_text("Done.", exact=True)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_role("gridcell").filter(has_text="forget rate").first).to_be_visible()
+    for label in ("forgotten concept: original above", "retained concepts: original above"):
+        img = image_block(page, label).locator("img")
+        expect(img).to_have_count(1)
+        expect(img).to_have_attribute("src", re.compile(r"/gradio_api/file=.+\.png"))
+        expect(img).to_be_visible()
+        assert img.evaluate("e => e.complete && e.naturalWidth > 0"), f"{label}: image not rendered"
+    expect(page.get_by_text("Run folder:")).to_be_visible()
+    expect(error_toasts(page)).to_have_count(0)
+    assert not page.get_by_text("Could not run").is_visible()
+
+    shot = artifacts_dir / "app_after_run.png"
+    shot.unlink(missing_ok=True)
+    page.wait_for_timeout(500)  # let the plot and images settle
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.is_file() and shot.stat().st_size > 50_000, shot
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.width >= 1280 and im.height > 1500, im.size  # the whole page, not the viewport
+
+
+def test_bad_input_in_the_browser(page):
+    from playwright.sync_api import expect
+
+    open_accordions(page)
+    set_number(page, "iterations", 0)
+    unlearn_button(page).click()
+    status = page.get_by_text("Could not run")
+    expect(status).to_be_visible()
+    # the message is the rest of the status paragraph
+    paragraph = page.locator("p", has=page.locator("strong", has_text="Could not run"))
+    expect(paragraph).to_contain_text("'iterations' must be >= 1")
+
+    # an empty forget list: remove the selected digit with the dropdown's clear button
+    set_number(page, "iterations", FAST_ESD["iterations"])
+    page.get_by_title("Clear").first.click()
+    unlearn_button(page).click()
+    expect(paragraph).to_contain_text("the concept to forget is empty")
+    expect(error_toasts(page)).to_have_count(0)
