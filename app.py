@@ -152,7 +152,8 @@ def build_demo() -> gr.Blocks:
 
         run_event = run_btn.click(on_run, run_inputs, run_outputs, api_name="unlearn", concurrency_id="gpu")
         cancel_btn.click(None, None, None, cancels=[run_event])
-        pair.change(lambda key, pairs: pairs.get(key) if key else None, [pair, pairs_state], slider, api_visibility="private")
+        # .input, not .change: the run itself sets the first pair; a second identical image would race in the cache
+        pair.input(lambda key, pairs: pairs.get(key) if key else None, [pair, pairs_state], slider, api_visibility="private")
     return demo
 
 

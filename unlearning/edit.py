@@ -139,7 +139,7 @@ class Edit:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                params = {k: f.get_tensor(k) for k in f}
+                params = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
         except Exception as exc:  # safetensors raises its own error types
             raise InputError(f"'{path}' is not a readable safetensors edit: {exc}") from exc
         return cls(

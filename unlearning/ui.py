@@ -179,6 +179,7 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
         head = f"**{run.spec.label}** on **{run.model_id}**, forgetting **{', '.join(run.task.forget)}** · device {device}"
         folder = new_run_folder(profile.runs.dir, run.model_id, run.spec.name)
         last = 0.0
+        shown = (0, 0)  # forget / retain samples in the grids already sent
         for event in execute(run, out_dir=folder, cancel=cancel):
             now = time.perf_counter()
             if event.kind == "train":
@@ -197,10 +198,18 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
                 if progress is not None and event.kind == "compare":
                     progress((len(st.original), len(st.plan.items)), desc="sampling original and unlearned")
                 out = Outputs(metrics=metrics_rows(st.metrics))
-                out.forget_grid, out.retain_grid = grids(run, st)
+                # Send a grid only when it changed: Gradio caches images by content, and re-sending an
+                # identical one rewrites the file the browser may be downloading at that moment.
+                counts = (len(st.indices("forget")), len(st.indices("retain")))
+                forget_grid, retain_grid = grids(run, st, changed=(counts[0] != shown[0], counts[1] != shown[1]))
+                out.forget_grid, out.retain_grid, shown = forget_grid, retain_grid, counts
                 if event.kind == "compare":
                     out.status = f"{head}  \nSampling: {len(st.original)} / {len(st.plan.items)} pairs (same seeds for both models)…"
                 else:
+                    # The final grids come from the run folder: the same pictures under another file name,
+                    # so Gradio's cache never rewrites a file the browser is still downloading.
+                    out.forget_grid = str(event.folder / "images" / "forget_grid.png")
+                    out.retain_grid = str(event.folder / "images" / "retain_grid.png")
                     out.pairs = pair_images(st)
                     out.download = str(zip_run(event.folder))
                     m = st.metrics
@@ -216,10 +225,13 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
         yield Outputs(status=f"**Internal error** ({type(exc).__name__}: {exc}). This is a bug; the base model is unchanged.")
 
 
-def grids(run, state) -> tuple[Any, Any]:
+def grids(run, state, changed: tuple[bool, bool] = (True, True)) -> tuple[Any, Any]:
+    """(forget grid, retain grid) as PIL images; None for a group that is empty or not ``changed``."""
     f_idx, r_idx = state.indices("forget"), state.indices("retain")
-    forget = pair_grid([state.original[i] for i in f_idx], [state.unlearned[i] for i in f_idx], min(8, len(f_idx))) if f_idx else None
-    if not r_idx:
+    forget = None
+    if f_idx and changed[0]:
+        forget = pair_grid([state.original[i] for i in f_idx], [state.unlearned[i] for i in f_idx], min(8, len(f_idx)))
+    if not r_idx or not changed[1]:
         return forget, None
     from .runs import _by_seed_then_concept
 
