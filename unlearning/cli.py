@@ -1,6 +1,7 @@
 """Headless use: runs, the method list, the model list.
 
     python -m unlearning run --model digits --method esd --forget 3 --out DIR [--set key=value ...]
+    python -m unlearning relearn --run DIR [--set key=value ...]
     python -m unlearning methods [--model digits]
     python -m unlearning models
 
@@ -61,6 +62,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relearn(args: argparse.Namespace) -> int:
+    """The relearning test on a finished run folder: benign fine-tune, then three forget rates."""
+    import dataclasses
+    import os
+
+    from .attacks.relearn import format_table, relearn, relearn_report, relearn_settings
+    from .config import get_profile
+    from .edit import Edit
+    from .errors import InputError
+    from .methods.base import RunContext
+    from .models.catalog import resolve
+    from .run import RunRequest, prepare
+
+    folder = Path(args.run)
+    if not folder.is_dir():
+        raise InputError(f"no run folder at '{folder}'; give a folder written by 'python -m unlearning run --out'.")
+    card_path = folder / "run.json"
+    if not card_path.is_file():
+        raise InputError(f"'{folder}' holds no run.json; give a folder written by 'python -m unlearning run --out'.")
+    try:
+        card = json.loads(card_path.read_text())
+        fields = {f.name for f in dataclasses.fields(RunRequest)}
+        request = RunRequest(**{k: v for k, v in card["request"].items() if k in fields})
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"'{card_path}' is not a readable run card ({exc}).") from None
+    if args.device:
+        request.device = args.device
+    model_id, _, _ = resolve(request.model)
+    settings = relearn_settings(model_id, _parse_sets(args.set))  # unknown settings fail before any work
+    max_steps = get_profile().limits.max_iterations
+    if settings.steps > max_steps:
+        raise InputError(f"steps = {settings.steps} is more than this instance allows ({max_steps}).")
+    edit = Edit.load(folder / "edit.safetensors")
+    run = prepare(request)
+    print(f"relearning test ({settings.mode}) on {run.model_id}: {edit.method or run.spec.name} edit forgetting "
+          f"{', '.join(run.task.forget)}", file=sys.stderr)
+
+    def on_step(report) -> None:
+        if report.step == report.total or report.step % max(1, report.total // 10) == 0:
+            print(f"  step {report.step}/{report.total}  loss {report.loss:.4f}", file=sys.stderr)
+
+    result = relearn(run.adapter, edit, run.task, settings, RunContext(on_step))
+    report = relearn_report(run.adapter, run.task, edit, result.edit, request.forget_samples, request.seed,
+                            retain_samples=request.retain_samples, num_inference_steps=request.num_inference_steps,
+                            guidance_scale=request.guidance_scale)
+    out = {"run": str(folder), "method": run.spec.name, "forget": run.task.forget, "benign": result.benign,
+           "settings": dataclasses.asdict(settings), "report": report, "loss_log": result.loss_log,
+           "timings": result.timings}
+    tmp = folder / ".relearn.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    os.replace(tmp, folder / "relearn.json")
+    print(format_table(report))
+    print(f"written to {folder / 'relearn.json'}", file=sys.stderr)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
@@ -102,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     run.add_argument("--guidance-scale", type=float, default=None)
     run.set_defaults(func=cmd_run)
+    relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure")
+    relearn.add_argument("--run", required=True, help="run folder written by 'run --out' (run.json + edit.safetensors)")
+    relearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a relearning setting")
+    relearn.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
+    relearn.set_defaults(func=cmd_relearn)
     methods = sub.add_parser("methods", help="list methods and their settings")
     methods.add_argument("--model", default="digits", help="show the values tuned for this model")
     methods.set_defaults(func=cmd_methods)
