@@ -142,7 +142,7 @@ class Outputs:
 
 def loss_frame(loss_log: list[dict]) -> pd.DataFrame:
     rows = [{"step": e["step"], "loss": e["loss"], "series": "loss"} for e in loss_log]
-    for key in ("forget_loss", "retain_loss", "remap_loss"):
+    for key in ("forget_loss", "retain_loss", "remap_loss", "relabel_loss", "stability"):
         rows += [{"step": e["step"], "loss": e[key], "series": key.replace("_", " ")} for e in loss_log if key in e]
     return pd.DataFrame(rows) if rows else LOSS_EMPTY
 

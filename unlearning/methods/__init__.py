@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from . import esd, finetune, gradient_ascent
+from . import esd, finetune, gradient_ascent, salun, vdu
 from .base import build_settings, settings_fields
 
 
@@ -86,6 +86,28 @@ METHODS: dict[str, MethodSpec] = {
             unlearn=finetune.unlearn,
             tuned={"digits": {"iterations": 100, "lr": 3e-4, "batch_size": 32}},
             uses_anchor=True,
+        ),
+        MethodSpec(
+            name="salun",
+            label="SalUn (saliency mask + random labels)",
+            summary="Trains only the weights the forget loss depends on most, teaching the concept's label to "
+            "predict what another, random label predicts on the same images; retained data keeps the rest.",
+            citation="Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, ICLR 2024",
+            settings_cls=salun.SalUnSettings,
+            unlearn=salun.unlearn,
+            families=("class-conditional",),
+            tuned={"digits": {"iterations": 40, "lr": 5e-4, "retain_weight": 1.0, "batch_size": 16}},
+        ),
+        MethodSpec(
+            name="vdu",
+            label="VDU (variational diffusion unlearning)",
+            summary="Gradient ascent on a small subset of the concept's images, held near the original weights by "
+            "a Gaussian anchor whose per-weight spread comes from the model's own training checkpoints. No retain data.",
+            citation="Panda et al., Variational Diffusion Unlearning, arXiv 2510.04058 (TMLR 2026)",
+            settings_cls=vdu.VDUSettings,
+            unlearn=vdu.unlearn,
+            families=("class-conditional",),
+            tuned={"digits": {"iterations": 15, "batch_size": 64}},
         ),
     ]
 }
