@@ -23,6 +23,8 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from PIL import Image
+
 from .compare import ComparisonState
 from .edit import Edit
 from .errors import InputError
@@ -103,11 +105,8 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path
         edit.save(tmp / "edit.safetensors")
         images = tmp / "images"
         for group in ("forget", "retain"):
-            idx = state.indices(group)
-            if idx:
-                columns = min(8, len(idx)) if group == "forget" else len(run.task.retain)
-                order = idx if group == "forget" else _by_seed_then_concept(run, idx)
-                grid = pair_grid([state.original[i] for i in order], [state.unlearned[i] for i in order], columns)
+            grid = group_grid(run, state, group)
+            if grid is not None:
                 images.mkdir(exist_ok=True)
                 grid.save(images / f"{group}_grid.png")
         for which in ("original", "unlearned"):
@@ -128,10 +127,23 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path
     return out
 
 
-def _by_seed_then_concept(run, idx: list[int]) -> list[int]:
-    """Retained samples laid out as rows of seeds, one column per concept."""
-    items = run.plan.items
-    return sorted(idx, key=lambda i: (run.plan.seeds[f"retain:{items[i][1]}"].index(items[i][2]), run.task.retain.index(items[i][1])))
+def group_grid(run, state: ComparisonState, group: str) -> Image.Image | None:
+    """The pair grid of one group ("forget" | "retain"), as the UI shows it and the run folder saves it.
+
+    Forget samples: up to 8 per row. Retained samples: one column per concept, one row pair per seed.
+    None while the group has no samples yet.
+    """
+    idx = state.indices(group)
+    if not idx:
+        return None
+    if group == "forget":
+        order, columns = idx, min(8, len(idx))
+    else:
+        items = run.plan.items
+        order = sorted(idx, key=lambda i: (run.plan.seeds[f"retain:{items[i][1]}"].index(items[i][2]),
+                                           run.task.retain.index(items[i][1])))
+        columns = len(run.task.retain)
+    return pair_grid([state.original[i] for i in order], [state.unlearned[i] for i in order], columns)
 
 
 def zip_run(folder: Path) -> Path:

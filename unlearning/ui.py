@@ -17,13 +17,13 @@ import pandas as pd
 
 from .config import get_profile
 from .errors import UnlearningError
-from .images import pair_grid, side_by_side
+from .images import side_by_side
 from .methods import METHODS, get_method
 from .methods.base import settings_fields
 from .models.catalog import CATALOG, load_adapter, resolve
 from .report import metrics_rows
 from .run import RunRequest, execute, prepare
-from .runs import new_run_folder, prune_runs, zip_run
+from .runs import group_grid, new_run_folder, prune_runs, zip_run
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +79,14 @@ def sampling_defaults(model: str) -> tuple[int, float]:
     silently ask for 0 steps / guidance 0; the form shows the real defaults instead. Reads the same
     ``twin.json`` the adapter reads, without loading the model.
     """
-    import json
+    from .models.base import SamplingDefaults, read_twin
 
-    from .models.base import SamplingDefaults
-
-    base = SamplingDefaults()
     try:
         _, path, _ = resolve(model)
-        twin = json.loads((path / "twin.json").read_text()) if (path / "twin.json").is_file() else {}
+        defaults = SamplingDefaults.from_twin(read_twin(path))
     except (UnlearningError, OSError, ValueError):
-        twin = {}
-    return (int(twin.get("num_inference_steps", base.num_inference_steps)),
-            float(twin.get("guidance_scale", base.guidance_scale)))
+        defaults = SamplingDefaults()
+    return int(defaults.num_inference_steps), float(defaults.guidance_scale)
 
 
 def method_markdown(method: str) -> str:
@@ -227,17 +223,7 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
 
 def grids(run, state, changed: tuple[bool, bool] = (True, True)) -> tuple[Any, Any]:
     """(forget grid, retain grid) as PIL images; None for a group that is empty or not ``changed``."""
-    f_idx, r_idx = state.indices("forget"), state.indices("retain")
-    forget = None
-    if f_idx and changed[0]:
-        forget = pair_grid([state.original[i] for i in f_idx], [state.unlearned[i] for i in f_idx], min(8, len(f_idx)))
-    if not r_idx or not changed[1]:
-        return forget, None
-    from .runs import _by_seed_then_concept
-
-    order = _by_seed_then_concept(run, r_idx)
-    retain = pair_grid([state.original[i] for i in order], [state.unlearned[i] for i in order], len(run.task.retain))
-    return forget, retain
+    return tuple(group_grid(run, state, g) if c else None for g, c in zip(("forget", "retain"), changed, strict=True))
 
 
 def pair_images(state) -> dict:

@@ -15,9 +15,11 @@ Notation used by every family (DDPM / DDIM, Ho et al. 2020; Song et al. 2021):
 from __future__ import annotations
 
 import copy
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
@@ -37,6 +39,19 @@ class SamplingDefaults:
     num_inference_steps: int = 25  # DDIM steps used for comparison grids
     guidance_scale: float = 3.0  # classifier-free guidance w
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_twin(cls, twin: dict) -> SamplingDefaults:
+        """The defaults a model folder's twin.json names, the class defaults for the rest."""
+        base = cls()
+        return cls(num_inference_steps=twin.get("num_inference_steps", base.num_inference_steps),
+                   guidance_scale=twin.get("guidance_scale", base.guidance_scale))
+
+
+def read_twin(path: Path) -> dict:
+    """A model folder's optional twin.json (sampling defaults, bundled dataset); {} when absent."""
+    file = Path(path) / "twin.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 class FamilyAdapter(ABC):

@@ -12,7 +12,6 @@ Folder layout (diffusers' ``save_pretrained`` per component, safetensors only)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from ..errors import InputError
-from .base import FamilyAdapter, SamplingDefaults
+from .base import FamilyAdapter, SamplingDefaults, read_twin
 from .label_encoder import LabelEncoder
 
 
@@ -36,11 +35,8 @@ class ClassConditionalAdapter(FamilyAdapter):
         self.noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
         for p in [*self.unet.parameters(), *self.label_encoder.parameters()]:
             p.requires_grad_(False)
-        twin = json.loads((path / "twin.json").read_text()) if (path / "twin.json").exists() else {}
-        self.twin = twin
-        self.sampling = SamplingDefaults(
-            num_inference_steps=twin.get("num_inference_steps", 25), guidance_scale=twin.get("guidance_scale", 3.0)
-        )
+        self.twin = read_twin(path)
+        self.sampling = SamplingDefaults.from_twin(self.twin)
         names = self.label_encoder.config.class_names
         self.class_names: list[str] = list(names) if names else [str(i) for i in range(self.label_encoder.config.num_classes)]
         self.evaluator = None
