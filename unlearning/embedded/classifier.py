@@ -17,7 +17,8 @@ from torch import nn
 class ImageClassifier(ModelMixin, ConfigMixin):
     """conv(3x3)-GN-SiLU stages with stride-2 downsampling, global average pool, linear head.
 
-    Inputs are images in [0, 1], shape (B, C, H, W).
+    Inputs are images in [0, 1], shape (B, C, H, W). With ``heads`` ([name, class names] pairs, in output
+    order) the outputs are several classifiers sharing one body (the shapes evaluator: shape and colour).
     """
 
     @register_to_config
@@ -28,6 +29,7 @@ class ImageClassifier(ModelMixin, ConfigMixin):
         widths: tuple[int, ...] = (32, 64, 128),
         feature_dim: int = 64,
         class_names: list[str] | None = None,
+        heads: list[list] | None = None,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -48,3 +50,20 @@ class ImageClassifier(ModelMixin, ConfigMixin):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))  # (B, num_classes) logits
+
+    def head_classes(self) -> list[tuple[str, list[str]]]:
+        """[(head name, class names)] in output order. Stored as a list of pairs, not a dict: configs are
+        saved with sorted keys, which would silently reorder a dict's heads against the weights."""
+        return [(name, list(names)) for name, names in (self.config.heads or [])]
+
+    def head_logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per head, e.g. {"shape": (B, 8), "colour": (B, 8)}: a multi-head evaluator is one
+        linear layer whose outputs are split in the order of ``heads``; without heads, {"class": logits}."""
+        logits = self(images)
+        if not self.config.heads:
+            return {"class": logits}
+        out, start = {}, 0
+        for name, names in self.head_classes():
+            out[name] = logits[:, start : start + len(names)]
+            start += len(names)
+        return out
