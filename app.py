@@ -41,13 +41,22 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     # ---- left: what to do
                     with gr.Column(scale=1, min_width=320):
-                        model = gr.Dropdown(models, value=model0, label="Model")
+                        model = gr.Dropdown(models, value=model0, label="Model", allow_custom_value=True,
+                                            info="an embedded twin, a hub id (owner/name) or a local folder")
                         model_info = gr.Markdown(ui.model_markdown(model0))
-                        forget = gr.Dropdown(concepts, value=DEFAULT_FORGET if DEFAULT_FORGET in concepts else concepts[0],
-                                             multiselect=True, label="Concept(s) to forget")
+                        forget = gr.Dropdown(concepts, value=DEFAULT_FORGET if DEFAULT_FORGET in concepts else concepts[:1],
+                                             multiselect=True, allow_custom_value=True, label="Concept(s) to forget",
+                                             info="pick or type (Enter adds one); 'star -> circle' maps a concept to an anchor")
                         anchor = gr.Dropdown([ui.ERASE, *concepts], value=ui.ERASE, label="Anchor (draw this instead)",
-                                             info="ESD and fine-tuning can map the forgotten concept to another one; "
-                                             "'none' erases it.")
+                                             allow_custom_value=True,
+                                             info="ESD, UCE, ScaPre and fine-tuning can map the forgotten concepts to another "
+                                             "one; 'none' erases them.")
+                        preserve = gr.Dropdown(concepts, value=[], multiselect=True, allow_custom_value=True,
+                                               label="Concepts to preserve (optional)",
+                                               info="empty: every other concept of the same kind (other shapes, other digits)")
+                        own_prompts = gr.Textbox("", lines=2, label="Your own prompts (optional, text-to-image models)",
+                                                 placeholder="one per line, e.g. a red star on a white background",
+                                                 info="shown side by side with the same seeds; not scored")
                         method = gr.Dropdown(methods, value=method0, label="Method")
                         method_info = gr.Markdown(ui.method_markdown(method0))
                         # above the settings accordions, so the button is on screen when the page opens
@@ -78,6 +87,9 @@ def build_demo() -> gr.Blocks:
                                               info=f"the model's default is {steps0}; at most {profile.limits.max_inference_steps}")
                             guidance = gr.Number(guidance0, label="guidance scale",
                                                  info=f"classifier-free guidance; the model's default is {guidance0:g}")
+                            sampler = gr.Dropdown([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (multistep)", "dpm-solver")],
+                                                  value="ddim", label="sampler",
+                                                  info="diffusers scheduler for the comparison images, built from the model's own config")
                             device = gr.Dropdown(list(DEVICE_CHOICES), value="auto", label="device",
                                                  info="auto = CUDA when present, else CPU")
 
@@ -95,6 +107,8 @@ def build_demo() -> gr.Blocks:
                                     "original above unlearned.")
                         retain_grid = gr.Image(label="retained concepts: original above, unlearned below", format="png",
                                                type="pil", interactive=False)
+                        prompt_grid = gr.Image(label="your prompts: original above, unlearned below", format="png",
+                                               type="pil", interactive=False)
                         metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Metrics (computed on raw images)", wrap=True,
                                                interactive=False,
                                                column_widths=["17%", "14%", "14%", "33%", "6%", "16%"], max_height=1400)
@@ -103,6 +117,23 @@ def build_demo() -> gr.Blocks:
                             slider = gr.ImageSlider(label="original | unlearned", format="png", type="pil", max_height=320)
                         download = gr.File(label="Download this run (run card, metrics, images, edit.safetensors)")
 
+            with gr.Tab("Scaling: many concepts at once"):
+                gr.Markdown(ui.SCALING_INTRO)
+                stored = ui.scaling_stored()
+                with gr.Row():
+                    scaling_forget = gr.LinePlot(ui.scaling_frame(stored, "forget rate"), x="concepts", y="value", color="method",
+                                                 title="Forget rate of the erased concepts (lower is better)", height=260)
+                    scaling_retain = gr.LinePlot(ui.scaling_frame(stored, "retain accuracy"), x="concepts", y="value",
+                                                 color="method", title="Retain accuracy of preserved concepts (higher is better)",
+                                                 height=260)
+                scaling_table = gr.Markdown(ui.scaling_markdown(stored))
+                with gr.Row():
+                    scaling_counts = gr.Textbox("1,2,4,8,16", label="numbers of concepts to erase", scale=2)
+                    scaling_methods = gr.CheckboxGroup([m for m in ("scapre", "uce", "esd") if m in dict(methods).values()] or ["uce"],
+                                                       value=["scapre", "uce"], label="methods", scale=2,
+                                                       info="ESD-x trains: minutes on a CPU")
+                    scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
+
             with gr.Tab("Methods and metrics"):
                 gr.Markdown(methods_markdown())
 
@@ -110,25 +141,30 @@ def build_demo() -> gr.Blocks:
         def on_model(m):
             names = ui.concept_choices(m)
             st, g = ui.sampling_defaults(m)
+            tuned = ui.setting_controls(m)  # same order as `controls`; values tuned for this model where known
             return (gr.update(choices=names, value=names[:1]), gr.update(choices=[ui.ERASE, *names], value=ui.ERASE),
-                    ui.model_markdown(m),
+                    gr.update(choices=names, value=[]), ui.model_markdown(m),
                     gr.update(value=st, info=f"the model's default is {st}; at most {profile.limits.max_inference_steps}"),
-                    gr.update(value=g, info=f"classifier-free guidance; the model's default is {g:g}"))
+                    gr.update(value=g, info=f"classifier-free guidance; the model's default is {g:g}"),
+                    *(gr.update(value=c.value, info=c.info) for c in tuned))
 
-        model.change(on_model, model, [forget, anchor, model_info, steps, guidance], api_visibility="private")
+        model.change(on_model, model, [forget, anchor, preserve, model_info, steps, guidance, *setting_inputs],
+                     api_visibility="private")
 
         def on_method(name):
             return [ui.method_markdown(name)] + [gr.update(visible=n == name) for n in groups]
 
         method.change(on_method, method, [method_info, *groups.values()], api_visibility="private")
 
-        run_inputs = [model, forget, anchor, method, seed, forget_samples, retain_samples, steps, guidance, device, *setting_inputs]
-        run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download]
+        run_inputs = [model, forget, anchor, method, seed, forget_samples, retain_samples, steps, guidance, device, preserve,
+                      sampler, own_prompts, *setting_inputs]
+        run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download, prompt_grid]
 
-        def on_run(m, f, a, me, s, nf, nr, st, g, d, *values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
+        def on_run(m, f, a, me, s, nf, nr, st, g, d, p, sa, op, *values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
             cancel = threading.Event()
             try:
-                request = ui.parse_request(m, f, a, me, s, nf, nr, st, g, d, ui.settings_from_controls(me, controls, list(values)))
+                request = ui.parse_request(m, f, a, me, s, nf, nr, st, g, d, ui.settings_from_controls(me, controls, list(values)),
+                                           preserve=p, sampler=sa, prompts=op)
             except Exception as exc:  # bad numbers from the form
                 yield {status: f"**Could not run:** {exc}"}
                 return
@@ -138,7 +174,8 @@ def build_demo() -> gr.Blocks:
                     if out.loss is not None:  # None clears the plot: an empty frame would break its colour scale
                         update[loss_plot] = None if out.loss.empty else out.loss
                     for comp, value in ((status, out.status), (forget_grid, out.forget_grid),
-                                        (retain_grid, out.retain_grid), (metrics, out.metrics), (download, out.download)):
+                                        (retain_grid, out.retain_grid), (metrics, out.metrics), (download, out.download),
+                                        (prompt_grid, out.prompt_grid)):
                         if value is not None:
                             update[comp] = value
                     if out.pairs is not None:
@@ -149,6 +186,9 @@ def build_demo() -> gr.Blocks:
                     yield update
             finally:
                 cancel.set()  # a cancelled or closed event stops the method at its next step
+
+        scaling_btn.click(ui.scaling_stream, [scaling_counts, scaling_methods],
+                          [scaling_forget, scaling_retain, scaling_table], concurrency_id="gpu", api_visibility="private")
 
         run_event = run_btn.click(on_run, run_inputs, run_outputs, api_name="unlearn", concurrency_id="gpu")
         cancel_btn.click(None, None, None, cancels=[run_event])

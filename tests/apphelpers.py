@@ -27,8 +27,8 @@ FAST_COMPARE = {"seed": 0, "forget_samples": 4, "retain_samples": 1, "steps": 3}
 RUN_TIMEOUT_S = 120
 
 #: outputs of /unlearn as gradio_client returns them (gr.State outputs are not part of the API):
-#: status, loss plot, forget grid, retain grid, metrics, pair dropdown, slider, download.
-OUT_STATUS, OUT_LOSS, OUT_FORGET, OUT_RETAIN, OUT_METRICS, OUT_PAIR, OUT_SLIDER, OUT_DOWNLOAD = range(8)
+#: status, loss plot, forget grid, retain grid, metrics, pair dropdown, slider, download, own-prompt grid.
+OUT_STATUS, OUT_LOSS, OUT_FORGET, OUT_RETAIN, OUT_METRICS, OUT_PAIR, OUT_SLIDER, OUT_DOWNLOAD, OUT_PROMPTS = range(9)
 
 
 def free_port() -> int:
@@ -66,9 +66,9 @@ def setting_values(method: str = "esd", model: str = MODEL, **overrides: Any) ->
 
 def unlearn_args(*, model: str = MODEL, forget: Any = ("3",), anchor: str | None = None, method: str = "esd",
                  guidance: float | None = None, device: str = "auto", settings: dict[str, Any] | None = None,
-                 **compare: Any) -> list[Any]:
+                 preserve: Any = (), sampler: str = "ddim", prompts: str = "", **compare: Any) -> list[Any]:
     """Positional inputs of ``/unlearn``: model, forget list, anchor, method, seed, forget samples,
-    retain samples, sampling steps, guidance, device, then every setting control. Fast by default."""
+    retain samples, sampling steps, guidance, device, preserve list, sampler, own prompts, then every setting control. Fast by default."""
     from unlearning import ui
 
     c = {**FAST_COMPARE, **compare}
@@ -76,4 +76,4 @@ def unlearn_args(*, model: str = MODEL, forget: Any = ("3",), anchor: str | None
     values = setting_values(method, model, **{**fast, **(settings or {})})
     forget_list = list(forget) if isinstance(forget, (list, tuple)) else forget
     return [model, forget_list, anchor or ui.ERASE, method, c["seed"], c["forget_samples"], c["retain_samples"],
-            c["steps"], guidance, device, *values]
+            c["steps"], guidance, device, list(preserve), sampler, prompts, *values]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from apphelpers import (
     OUT_DOWNLOAD,
+    OUT_PROMPTS,
     OUT_FORGET,
     OUT_METRICS,
     OUT_RETAIN,
@@ -55,7 +56,8 @@ def esd_run(client):
 # ---- a short run ----------------------------------------------------------------------------------
 
 def test_run_reports_done(esd_run):
-    assert len(esd_run) == 8
+    assert len(esd_run) == 9
+    assert esd_run[OUT_PROMPTS] is None  # no own prompts on a class-conditional model
     status = esd_run[OUT_STATUS]
     assert "Done" in status, status
     assert "forget rate" in status
@@ -155,19 +157,29 @@ def test_whole_number_fields_reject_nan_inf_fractions(value):
         ui.parse_request("digits", ["3"], ui.ERASE, "esd", value, 4, 1, 3, None, "cpu", {})
 
 
-def test_unknown_model_is_refused_by_the_dropdown(client):
-    # gr.Dropdown (no custom values) rejects a value outside its choices before our handler runs;
-    # the client gets Gradio's own clear message, not a traceback.
-    from gradio_client.exceptions import AppError
-
-    with pytest.raises(AppError, match="not in the list of choices"):
-        unlearn(client, *unlearn_args(model="no-such/model"))
+def test_unknown_model_gets_a_clear_message_in_the_app(client):
+    # the model box takes typed hub ids and folders, so our handler explains what is wrong
+    result = unlearn(client, *unlearn_args(model="no-such-folder-or-model"))
+    assert_could_not_run(result[OUT_STATUS], "unknown model 'no-such-folder-or-model'", "digits")
 
 
 def test_unknown_model_message_from_the_handler():
-    request = ui.parse_request("no-such/model", ["3"], ui.ERASE, "esd", 0, 4, 1, 3, None, "cpu", {"iterations": 3})
+    request = ui.parse_request("no-such-folder", ["3"], ui.ERASE, "esd", 0, 4, 1, 3, None, "cpu", {"iterations": 3})
     statuses = [o.status for o in ui.run_stream(request) if o.status]
-    assert_could_not_run(statuses[-1], "unknown model 'no-such/model'", "digits")
+    assert_could_not_run(statuses[-1], "unknown model 'no-such-folder'", "digits")
+
+
+def test_uncached_hub_id_offline_says_so(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from unlearning.models import catalog
+
+    catalog.hub_reachable.cache_clear()
+    try:
+        request = ui.parse_request("someone/not-cached-model", ["3"], ui.ERASE, "esd", 0, 4, 1, 3, None, "cpu", {})
+        statuses = [o.status for o in ui.run_stream(request) if o.status]
+    finally:
+        catalog.hub_reachable.cache_clear()
+    assert_could_not_run(statuses[-1], "someone/not-cached-model", "offline")
 
 
 def test_form_defaults_are_the_models_sampling_defaults():

@@ -139,3 +139,39 @@ def test_bad_input_in_the_browser(page):
     unlearn_button(page).click()
     expect(paragraph).to_contain_text("the concept to forget is empty")
     expect(error_toasts(page)).to_have_count(0)
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the single-select dropdown labelled ``label``."""
+    box = page.get_by_label(label, exact=True)
+    box.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_text_to_image_run_in_the_browser(page, artifacts_dir):
+    """shapes-sd, UCE, two concepts typed into the forget box (one with an anchor), a screenshot."""
+    from playwright.sync_api import expect
+
+    pick(page, "Model", "shapes-sd (embedded Stable Diffusion)")
+    expect(page.get_by_text("tiny Stable Diffusion", exact=False).first).to_be_visible()
+    pick(page, "Method", "UCE (closed-form cross-attention edit)")
+    forget = page.get_by_label("Concept(s) to forget", exact=True)
+    page.get_by_title("Clear").first.click()  # the model change pre-selected its first concept
+    for concept in ("star -> circle", "heart"):
+        forget.click()
+        forget.fill(concept)
+        forget.press("Enter")
+    page.get_by_text("Comparison and device").click()
+    for label, value in {"samples of the forgotten concept": 8, "samples per retained concept": 1, "sampling steps": 10}.items():
+        set_number(page, label, value)
+    unlearn_button(page).click()
+    expect(page.get_by_text("Done.", exact=True)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_text("forgetting star, heart", exact=False).first).to_be_visible()
+    img = image_block(page, "forgotten concept: original above").locator("img")
+    expect(img).to_have_attribute("src", re.compile(r"/gradio_api/file=.+\.png"))
+    expect(error_toasts(page)).to_have_count(0)
+    shot = artifacts_dir / "app_after_t2i_run.png"
+    shot.unlink(missing_ok=True)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.is_file() and shot.stat().st_size > 50_000, shot

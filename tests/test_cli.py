@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from unlearning.cli import main
 from unlearning.config import ENV_VAR, get_profile
@@ -68,7 +69,10 @@ def a_regular_file(tmp_path: Path) -> Path:
 # (id, argv after the common part, fragments the error line must contain). {model} is the tiny model.
 MISTAKES = [
     ("unknown model", ["--model", "no-such-model"], ["unknown model 'no-such-model'"]),
-    ("unknown method", ["--method", "uce"], ["unknown method 'uce'", "esd"]),
+    ("unknown method", ["--method", "nope"], ["unknown method 'nope'", "esd", "uce", "scapre"]),
+    ("unknown sampler", ["--sampler", "euler"], ["unknown sampler 'euler'", "ddim", "dpm-solver"]),
+    ("empty anchor", ["--forget", "3->"], ["the anchor after '->' is empty"]),
+    ("anchor forgotten too", ["--forget", "3->4,4"], ["4 is used as an anchor and also forgotten"]),
     ("concept not in the model", ["--forget", "42"], ["'42' is not a class of this model"]),
     ("empty concept", ["--forget", ""], ["the concept to forget is empty"]),
     ("blank concept", ["--forget", "  "], ["the concept to forget is empty"]),
@@ -161,6 +165,20 @@ def test_a_tiny_run_writes_the_run_folder(tiny_model, tmp_path, profile_file, ca
     assert summary["pul"] == metrics["pul"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
 
+    # the unlearned model as a full folder: it loads with the same adapter and carries the edit
+    exported = tmp_path / "exported"
+    assert main(["export", "--run", str(out), "--out", str(exported)]) == 0
+    capsys.readouterr()
+    from safetensors.torch import load_file
+
+    from unlearning.models.catalog import load_adapter
+
+    edit = load_file(str(out / "edit.safetensors"))
+    unet = load_adapter(str(exported), "cpu").unet.state_dict()
+    assert edit and all(torch.equal(unet[n], v) for n, v in edit.items())
+    assert main(["export", "--run", str(out), "--out", str(exported)]) == 2  # never overwrites
+    assert_one_error_line(capsys.readouterr().err, "not an empty folder")
+
     # a second run into the same folder replaces the first (it holds a run.json)
     assert main(run_args(tiny_model, out, *keep, "--set", "iterations=1")) == 0
     capsys.readouterr()
@@ -187,3 +205,16 @@ def test_an_unknown_subcommand_is_a_usage_error(capsys):
         main(["frobnicate"])
     assert info.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["export", "--run", "/nonexistent/run", "--out", "/tmp/x"], "no run at '/nonexistent/run'"),
+        (["bench", "scaling", "--counts", "0,2"], "--counts must be between 1 and 32"),
+        (["bench", "scaling", "--counts", "a,b"], "--counts takes whole numbers"),
+    ],
+)
+def test_export_and_bench_mistakes(capsys, argv, fragment):
+    assert main(argv) == 2
+    assert_one_error_line(capsys.readouterr().err, fragment)

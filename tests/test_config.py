@@ -35,7 +35,7 @@ def test_defaults_when_the_default_file_is_absent(tmp_path, monkeypatch):
     profile = load_profile()
     assert profile == HostProfile()
     assert profile.source is None
-    assert profile.models == ("digits",)
+    assert profile.models == ()  # every embedded twin, hub ids and folders
     assert profile.methods is None  # every registered method
     assert profile.limits.max_iterations == 5000
     assert profile.limits.max_upload_bytes == 10 * 1024 * 1024
@@ -53,7 +53,7 @@ def test_env_var_none_reads_no_file(monkeypatch):
 def test_the_repos_own_file_loads_and_is_no_looser_than_local():
     profile = load_profile()  # no env var: the default path, i.e. the repo's file
     assert profile.source == REPO_FILE
-    assert "digits" in profile.models
+    assert {"digits", "shapes-sd"} <= set(profile.models)
     local = HostProfile().limits
     for f in dataclasses.fields(local):
         hosted = getattr(profile.limits, f.name)

@@ -2,6 +2,8 @@
 
     python -m unlearning run --model digits --method esd --forget 3 --out DIR [--set key=value ...]
     python -m unlearning relearn --run DIR [--set key=value ...]
+    python -m unlearning export --run DIR --out MODEL_DIR      (full diffusers folder of the unlearned model)
+    python -m unlearning bench scaling [--counts 1,2,4,8,16] [--methods scapre,uce,esd]
     python -m unlearning methods [--model digits]
     python -m unlearning models
 
@@ -42,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         model=args.model, method=args.method, forget=args.forget.split(","), anchor=args.anchor,
         preserve=args.preserve.split(",") if args.preserve else None, settings=_parse_sets(args.set),
         seed=args.seed, device=args.device, forget_samples=args.forget_samples, retain_samples=args.retain_samples,
-        num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        num_inference_steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
     )
     run = prepare(request)
     print(f"{run.spec.label} on {run.model_id} ({run.adapter.device}, {str(run.adapter.dtype).replace('torch.', '')}): "
@@ -118,6 +120,57 @@ def cmd_relearn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run(folder: Path):
+    """(PreparedRun, Edit) of a finished run folder, re-validated as a new request."""
+    import dataclasses
+
+    from .edit import Edit
+    from .errors import InputError
+    from .run import RunRequest, prepare
+
+    if not folder.is_dir() or not (folder / "run.json").is_file():
+        raise InputError(f"no run at '{folder}'; give a folder written by 'python -m unlearning run --out'.")
+    try:
+        card = json.loads((folder / "run.json").read_text())
+        fields = {f.name for f in dataclasses.fields(RunRequest)}
+        request = RunRequest(**{k: v for k, v in card["request"].items() if k in fields})
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"'{folder / 'run.json'}' is not a readable run card ({exc}).") from None
+    return prepare(request), Edit.load(folder / "edit.safetensors")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_diffusers
+
+    run, edit = _load_run(Path(args.run))
+    out = export_diffusers(run.adapter, edit, Path(args.out))
+    print(f"unlearned model written to {out} (load it with the same code as the base: from_pretrained)", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
+
+    try:
+        counts = tuple(int(c) for c in args.counts.split(","))
+    except ValueError:
+        raise InputError(f"--counts takes whole numbers separated by commas, got '{args.counts}'.") from None
+    if not counts or min(counts) < 1 or max(counts) > 32:
+        raise InputError("--counts must be between 1 and 32 concepts.")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    cfg = ScalingConfig(model=args.model, counts=counts, methods=methods, seed=args.seed)
+    rows = []
+    for row in run_scaling(cfg):
+        rows.append(row)
+        print(f"  {row['method']:>8} k={row['k']:>2}: forget {row['forget_rate']:.2f} retain {row['retain_accuracy']:.2f} "
+              f"({row['seconds']:.1f} s)", file=sys.stderr)
+    path = save_results(rows, cfg, Path(args.out) if args.out else RESULTS)
+    print(format_table(rows))
+    print(f"written to {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
@@ -132,11 +185,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.catalog import CATALOG
+    from .models.catalog import CATALOG, HUB_MODELS, hub_availability
 
     for entry in CATALOG.values():
         print(f"{entry.id}: {entry.label} [{entry.family}]\n  {entry.description}")
-    print("or a local folder in the same layout (model_index.json + components).")
+    for repo, family in HUB_MODELS.items():
+        ok, why = hub_availability(repo)
+        print(f"{repo} [{family}]: {'available' if ok else 'unavailable'}: {why}")
+    print("or any hub id / local folder in the same layout (model_index.json + components).")
     return 0
 
 
@@ -145,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="unlearn a concept and compare original vs unlearned")
-    run.add_argument("--model", default="digits", help="embedded model id or local folder")
+    run.add_argument("--model", default="digits", help="embedded model id, hub id (owner/name) or local folder")
     run.add_argument("--method", default="esd")
-    run.add_argument("--forget", required=True, help="concept(s) to forget, comma-separated")
+    run.add_argument("--forget", required=True, help="concept(s) to forget, comma-separated; 'star->circle' sets an anchor")
     run.add_argument("--anchor", default=None, help="map the forgotten concept to this one (methods that use an anchor)")
     run.add_argument("--preserve", default=None, help="concepts to keep, comma-separated (default: all others)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting")
@@ -158,12 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retain-samples", type=int, default=4, help="comparison samples per retained concept")
     run.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     run.add_argument("--guidance-scale", type=float, default=None)
+    run.add_argument("--sampler", default="ddim", help="ddim (default) or dpm-solver, for the comparison images")
     run.set_defaults(func=cmd_run)
     relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure")
     relearn.add_argument("--run", required=True, help="run folder written by 'run --out' (run.json + edit.safetensors)")
     relearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a relearning setting")
     relearn.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
     relearn.set_defaults(func=cmd_relearn)
+    export = sub.add_parser("export", help="write a run's unlearned model as a full diffusers folder")
+    export.add_argument("--run", required=True, help="run folder written by 'run --out'")
+    export.add_argument("--out", required=True, help="new folder for the model (must not exist or be empty)")
+    export.set_defaults(func=cmd_export)
+    bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..16 concepts with several methods")
+    bench.add_argument("which", choices=["scaling"])
+    bench.add_argument("--model", default="shapes-sd")
+    bench.add_argument("--counts", default="1,2,4,8,16")
+    bench.add_argument("--methods", default="scapre,uce,esd")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--out", default=None, help="results JSON (default bench/results/scaling.json)")
+    bench.set_defaults(func=cmd_bench)
     methods = sub.add_parser("methods", help="list methods and their settings")
     methods.add_argument("--model", default="digits", help="show the values tuned for this model")
     methods.set_defaults(func=cmd_methods)

@@ -24,15 +24,21 @@ import torch
 
 from . import metrics as M
 from .methods.base import UnlearnTask
+from .metrics.clip import clip_score, clip_status
 from .models.base import FamilyAdapter
 
 
 @dataclass(frozen=True)
 class ComparisonPlan:
-    items: list[tuple[str, str, int]]  # (group "forget" | "retain", concept, seed)
+    items: list[tuple[str, str, int]]  # (group "forget" | "retain", prompt, seed)
     num_inference_steps: int
     guidance_scale: float
     batch_size: int = 16
+    sampler: str = "ddim"  # "ddim" | "dpm-solver"
+    targets: list[str] = field(default_factory=list)  # per item: the concept the evaluator looks for
+
+    def target(self, i: int) -> str:
+        return self.targets[i] if self.targets else self.items[i][1]
 
     @property
     def seeds(self) -> dict[str, list[int]]:
@@ -44,22 +50,34 @@ class ComparisonPlan:
 
 def plan_comparison(adapter: FamilyAdapter, task: UnlearnTask, *, forget_samples: int = 16, retain_samples: int = 4,
                     seed: int = 0, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                    batch_size: int = 16) -> ComparisonPlan:
+                    batch_size: int = 16, sampler: str = "ddim", prompts: list[str] | None = None,
+                    prompt_samples: int = 2) -> ComparisonPlan:
     """Seeds: forget samples use seed, seed+1, ...; each retained concept gets the next block.
 
-    The same seed lists are used for every method and both models, so runs are comparable.
+    Forget samples cycle through the adapter's paraphrases of each concept ("a star", "a star shape",
+    "a red star", ...), each judged for the concept itself; retained samples use the plain prompt of
+    each retained concept. The same seed lists are used for every method and both models.
     """
-    items = []
+    items, targets = [], []
     per_forget = max(1, forget_samples // len(task.forget))
     s = seed
     for concept in task.forget:
-        items += [("forget", concept, s + i) for i in range(per_forget)]
+        paraphrases = adapter.forget_prompts(concept)
+        items += [("forget", paraphrases[i % len(paraphrases)], s + i) for i in range(per_forget)]
+        targets += [concept] * per_forget
         s += per_forget
     for concept in task.retain:
-        items += [("retain", concept, s + i) for i in range(retain_samples)]
+        items += [("retain", adapter.prompt_for(concept), s + i) for i in range(retain_samples)]
+        targets += [concept] * retain_samples
         s += retain_samples
+    for prompt in prompts or []:  # the user's own prompts: shown side by side, not scored
+        items += [("prompt", prompt, s + i) for i in range(prompt_samples)]
+        targets += [prompt] * prompt_samples
+        s += prompt_samples
     return ComparisonPlan(
         items=items,
+        targets=targets,
+        sampler=sampler,
         num_inference_steps=num_inference_steps or adapter.sampling.num_inference_steps,
         guidance_scale=adapter.sampling.guidance_scale if guidance_scale is None else guidance_scale,
         batch_size=batch_size,
@@ -94,7 +112,7 @@ def iter_comparison(adapter: FamilyAdapter, edited_unet: torch.nn.Module, plan: 
         for name, unet in (("original", adapter.unet), ("unlearned", edited_unet)):
             t0 = time.perf_counter()
             images = adapter.generate(concepts, seeds, unet=unet, num_inference_steps=plan.num_inference_steps,
-                                      guidance_scale=plan.guidance_scale)
+                                      guidance_scale=plan.guidance_scale, sampler=plan.sampler)
             state.seconds[name] += time.perf_counter() - t0
             getattr(state, name).extend(images)
         state.metrics = score(adapter, state, task, unlearn_s)
@@ -107,34 +125,49 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
     plan, n_done = state.plan, len(state.original)
     f_idx, r_idx = state.indices("forget"), state.indices("retain")
     evaluator = getattr(adapter, "evaluator", None)
-    names = adapter.concepts()
 
     def stack(which: str, idx: list[int]) -> torch.Tensor:
         return torch.stack([getattr(state, which)[i] for i in idx])
 
-    if evaluator is not None:
-        with torch.no_grad():
-            for key, idx, want in (("forget_rate", f_idx, "forget"), ("retain_accuracy", r_idx, "retain")):
-                if not idx:
-                    continue
-                target = torch.tensor([names.index(plan.items[i][1]) for i in idx])
-                entry = {"n": len(idx), "reference": "evaluator classifier on generated samples"}
-                for which in ("original", "unlearned"):
-                    pred = evaluator(stack(which, idx).to(evaluator.device)).argmax(1).cpu()
-                    hits = int((pred == target).sum())
-                    rate = M.rate_with_interval(hits, len(idx))
-                    entry[which] = rate.value
-                    entry[f"{which}_ci95"] = [rate.low, rate.high]
-                    if want == "retain":
-                        entry.setdefault("per_class", {})[which] = {
-                            c: float((pred[target == names.index(c)] == names.index(c)).float().mean())
-                            for c in task.retain if (target == names.index(c)).any()
-                        }
-                out[key] = entry
-        if "forget_rate" in out:
-            out["pul"] = M.pul(out["forget_rate"]["original"], out["forget_rate"]["unlearned"])
-    else:
-        out["forget_rate"] = out["retain_accuracy"] = {"unavailable": "this model folder has no evaluator classifier"}
+    judged = True
+    for key, idx, want in (("forget_rate", f_idx, "forget"), ("retain_accuracy", r_idx, "retain")):
+        if not idx or not judged:
+            continue
+        targets = [plan.target(i) for i in idx]
+        entry = {"n": len(idx), "reference": "evaluator classifier on generated samples"}
+        for which in ("original", "unlearned"):
+            hits = adapter.recognises(targets, stack(which, idx))
+            if hits is None:
+                judged = False
+                break
+            rate = M.rate_with_interval(int(hits.sum()), len(idx))
+            entry[which] = rate.value
+            entry[f"{which}_ci95"] = [rate.low, rate.high]
+            if want == "retain":
+                entry.setdefault("per_class", {})[which] = {
+                    c: float(hits[[t == c for t in targets]].float().mean()) for c in dict.fromkeys(targets)
+                }
+        if judged:
+            out[key] = entry
+    open_vocabulary = adapter.family == "stable-diffusion" and not getattr(adapter, "vocabulary", None)
+    if not judged:
+        entry = {"unavailable": "this model has no evaluator that recognises these concepts"}
+        if open_vocabulary:
+            status = clip_status()
+            entry = {"unavailable": f"CLIP zero-shot recognition needs CLIP weights: {status.reason}", "how_to_enable": status.how_to_enable}
+        elif evaluator is None:
+            entry = {"unavailable": "this model folder has no evaluator classifier"}
+        out["forget_rate"] = out["retain_accuracy"] = entry
+    if open_vocabulary and r_idx:
+        status = clip_status()
+        if status.available:
+            prompts = [plan.items[i][1] for i in r_idx]
+            out["clip_score"] = {"original": clip_score(stack("original", r_idx), prompts), "unlearned": clip_score(stack("unlearned", r_idx), prompts),
+                                 "n": len(r_idx), "compares": "retained-prompt images vs their prompts", "library": "CLIP (transformers), CLIPScore definition"}
+        else:
+            out["clip_score"] = {"unavailable": status.reason, "how_to_enable": status.how_to_enable}
+    if "original" in out.get("forget_rate", {}):
+        out["pul"] = M.pul(out["forget_rate"]["original"], out["forget_rate"]["unlearned"])
 
     if r_idx:
         a, b = stack("unlearned", r_idx), stack("original", r_idx)
@@ -145,14 +178,12 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
             out["lpips"] = {"value": M.lpips_distance(a, b), "n": len(r_idx), "compares": "unlearned vs original, retained concepts", "library": "lpips (AlexNet)"}
         else:
             out["lpips"] = {"unavailable": status.reason, "how_to_enable": status.how_to_enable}
-        real = adapter.real_dataset() if hasattr(adapter, "real_dataset") else None
-        if evaluator is not None and real is not None:
-            images, labels = real
-            keep = torch.isin(labels, torch.tensor([names.index(c) for c in task.retain]))
-            entry = {"n": len(r_idx), "n_real": int(keep.sum()), "compares": "retained-concept samples vs real data of those concepts",
+        real = adapter.reference_images(task.retain, n_per=32, seed=12345) if evaluator is not None else None
+        if real is not None:
+            entry = {"n": len(r_idx), "n_real": len(real), "compares": "retained-concept samples vs real data of those concepts",
                      "library": "torchmetrics FID on evaluator features"}
             for which in ("original", "unlearned"):
-                entry[which] = M.evaluator_fid(evaluator, images[keep], stack(which, r_idx))
+                entry[which] = M.evaluator_fid(evaluator, real, stack(which, r_idx))
             out["evaluator_fid"] = entry
         else:
             out["evaluator_fid"] = {"unavailable": "needs an evaluator and the model's real data"}

@@ -17,7 +17,7 @@ so anything may import it).
 
 YAML layout (all keys optional)::
 
-    models: [digits]              # model ids shown in the picker
+    models: [digits, shapes-sd]   # model ids allowed (local default: all, plus hub ids and folders)
     methods: all                  # or a list of method names
     limits: {max_iterations: 5000, max_inference_steps: 200, max_samples: 256,
              max_concepts: 16, max_image_pixels: 1048576, max_upload_bytes: 10485760}
@@ -180,7 +180,8 @@ class Runs:
 class HostProfile:
     """What this instance allows; see the module docstring for the YAML form."""
 
-    models: tuple[str, ...] = field(default=("digits",), metadata=_check(_names))  # model ids in the picker
+    # model ids in the picker; empty (the local default): every embedded twin, and any hub id or folder may be typed
+    models: tuple[str, ...] = field(default=(), metadata=_check(_names))
     # None means every registered method (YAML: `methods: all`); else only these names.
     methods: tuple[str, ...] | None = field(default=None, metadata=_check(_method_names))
     limits: Limits = field(default_factory=Limits)

@@ -22,7 +22,8 @@ def metrics_rows(m: dict) -> list[list[str]]:
     rows: list[list[str]] = []
     fr, ra = m.get("forget_rate", {}), m.get("retain_accuracy", {})
     if "unavailable" in fr:
-        rows.append(["forget rate / retain accuracy", "unavailable", "unavailable", fr["unavailable"], "", ""])
+        rows.append(["forget rate / retain accuracy", "unavailable", "unavailable",
+                     fr["unavailable"] + (f"; to enable: {fr['how_to_enable']}" if fr.get("how_to_enable") else ""), "", ""])
     else:
         if fr:
             rows.append(["forget rate ↓ (95% CI)", _rate(fr, "original"), _rate(fr, "unlearned"),
@@ -40,6 +41,13 @@ def metrics_rows(m: dict) -> list[list[str]]:
             rows.append([label, "", "unavailable", f"{entry['unavailable']} (see 'Methods and metrics' to enable)", "", "lpips (AlexNet)"])
         else:
             rows.append([label, "", fmt.format(entry["value"]), entry["compares"], str(entry["n"]), entry["library"]])
+    clip = m.get("clip_score")
+    if clip:
+        if "unavailable" in clip:
+            rows.append(["CLIP score ↑", "unavailable", "unavailable", f"{clip['unavailable']}; to enable: {clip['how_to_enable']}", "", ""])
+        else:
+            rows.append(["CLIP score ↑", _num(clip["original"], "{:.2f}"), _num(clip["unlearned"], "{:.2f}"), clip["compares"],
+                         str(clip["n"]), clip["library"]])
     fid = m.get("evaluator_fid")
     if fid:
         if "unavailable" in fid:

@@ -44,6 +44,8 @@ class RunRequest:
     retain_samples: int = 4  # comparison images per retained concept
     num_inference_steps: int | None = None  # sampling steps (None: the model's default)
     guidance_scale: float | None = None
+    sampler: str = "ddim"  # "ddim" or "dpm-solver" (diffusers' DDIMScheduler / DPMSolverMultistepScheduler)
+    prompts: list[str] | None = None  # extra prompts of the user's, compared side by side (not scored)
 
 
 @dataclass
@@ -75,6 +77,28 @@ def _concepts(values: list[str] | str | None) -> list[str]:
     return [str(v).strip() for v in values]
 
 
+def parse_forget(adapter: FamilyAdapter, entries: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Validated forget concepts and their per-concept anchors, from entries like "star" or "star -> circle"."""
+    if not entries or any(not e for e in entries):
+        examples = ", ".join(adapter.concepts()[:3]) or "a word or phrase"
+        raise InputError(f"the concept to forget is empty: give at least one concept, e.g. {examples}.")
+    forget, anchors = [], {}
+    for entry in entries:
+        concept, sep, target = entry.partition("->")
+        concept = adapter.validate_concept(concept)
+        if sep:
+            if not target.strip():
+                raise InputError(f"'{entry}': the anchor after '->' is empty; write 'concept -> anchor' or just the concept.")
+            target = adapter.validate_concept(target)
+            if target == concept:
+                raise InputError(f"'{entry}' maps a concept to itself; pick a different anchor.")
+            anchors[concept] = target
+        forget.append(concept)
+    if bad := sorted(set(anchors.values()) & set(forget)):
+        raise InputError(f"{', '.join(bad)} is used as an anchor and also forgotten; pick another anchor.")
+    return forget, anchors
+
+
 def prepare(request: RunRequest, profile: HostProfile | None = None) -> PreparedRun:
     """Validate the whole request against the hosted profile and the model; load the model."""
     profile = profile or get_profile()
@@ -89,19 +113,19 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     if adapter.family not in spec.families:
         raise InputError(f"{spec.label} does not support {adapter.family} models yet.")
 
-    forget = _concepts(request.forget)
-    if not forget or any(not c for c in forget):
-        raise InputError("the concept to forget is empty: pick at least one concept, e.g. " + ", ".join(adapter.concepts()[:3]) + ".")
-    forget = [adapter.validate_concept(c) for c in forget]
+    forget, anchors = parse_forget(adapter, _concepts(request.forget))
     if len(set(forget)) != len(forget):
         raise InputError(f"a concept is listed twice in the forget list: {', '.join(forget)}.")
     if len(forget) > limits.max_concepts:
         raise InputError(f"{len(forget)} concepts to forget; this instance allows at most {limits.max_concepts}.")
-    known = adapter.concepts()
     preserve = _concepts(request.preserve)
-    retain = [adapter.validate_concept(c) for c in preserve] if preserve else [c for c in known if c not in forget]
+    if any(not c for c in preserve):
+        raise InputError("an entry of the preserve list is empty; remove it or type a concept.")
+    retain = [adapter.validate_concept(c) for c in preserve] if preserve else adapter.default_retain(forget)
     if both := sorted(set(retain) & set(forget)):
         raise InputError(f"{', '.join(both)} is both forgotten and preserved; choose one.")
+    if len(set(retain)) != len(retain):
+        raise InputError(f"a concept is listed twice in the preserve list: {', '.join(retain)}.")
     if not retain:
         raise InputError("nothing would be left to keep: forgetting every concept leaves no retained concept to check. "
                          "Forget fewer concepts.")
@@ -110,6 +134,8 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
         anchor = adapter.validate_concept(request.anchor)
         if anchor in forget:
             raise InputError(f"the anchor '{anchor}' is also being forgotten; pick another anchor.")
+    if anchors and not spec.uses_anchor:
+        raise InputError(f"{spec.label} does not use anchors; remove the '->' part or pick ESD, UCE, ScaPre or fine-tuning.")
 
     settings = spec.settings(model_id, request.settings)
     iterations = getattr(settings, "iterations", None)
@@ -120,11 +146,20 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
         raise InputError(f"sampling steps must be between 1 and {limits.max_inference_steps}; got {steps}.")
     if request.guidance_scale is not None and not 0 <= request.guidance_scale <= 50:
         raise InputError(f"guidance scale must be between 0 and 50; got {request.guidance_scale}.")
+    from .models.base import SAMPLERS
+
+    prompts = [adapter.validate_concept(p) for p in _concepts(request.prompts) if p] if request.prompts else []
+    if adapter.family != "stable-diffusion" and prompts:
+        raise InputError("extra prompts need a text-to-image model; this model only knows its classes.")
+
+    if request.sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler '{request.sampler}'; choose one of {', '.join(SAMPLERS)}.")
     if request.forget_samples < 1 or request.retain_samples < 1:
         raise InputError("the number of comparison samples must be at least 1.")
-    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed))
+    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed), anchors=anchors)
     plan = plan_comparison(adapter, task, forget_samples=request.forget_samples, retain_samples=request.retain_samples,
-                           seed=int(request.seed), num_inference_steps=steps, guidance_scale=request.guidance_scale)
+                           seed=int(request.seed), num_inference_steps=steps, guidance_scale=request.guidance_scale,
+                           sampler=request.sampler, prompts=prompts)
     if len(plan.items) > limits.max_samples:
         raise InputError(f"this run would generate {len(plan.items)} comparison pairs; this instance allows {limits.max_samples}.")
     return PreparedRun(request, model_id, adapter, spec, settings, task, plan)

@@ -104,15 +104,16 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path
         (tmp / "loss.json").write_text(json.dumps(edit.loss_log) + "\n")
         edit.save(tmp / "edit.safetensors")
         images = tmp / "images"
-        for group in ("forget", "retain"):
+        for group in ("forget", "retain", "prompt"):
             grid = group_grid(run, state, group)
             if grid is not None:
                 images.mkdir(exist_ok=True)
                 grid.save(images / f"{group}_grid.png")
         for which in ("original", "unlearned"):
             (images / which).mkdir(parents=True, exist_ok=True)
-            for i, (group, concept, seed) in enumerate(run.plan.items):
-                to_pil(getattr(state, which)[i]).save(images / which / f"{group}_{concept}_seed{seed}.png")
+            for i, (group, prompt, seed) in enumerate(run.plan.items):
+                safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in prompt)[:60]
+                to_pil(getattr(state, which)[i]).save(images / which / f"{i:03d}_{group}_{safe}_seed{seed}.png")
         if out.exists():  # replacing an earlier run in the same folder
             old = out.with_name(f".{out.name}-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -128,20 +129,20 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path
 
 
 def group_grid(run, state: ComparisonState, group: str) -> Image.Image | None:
-    """The pair grid of one group ("forget" | "retain"), as the UI shows it and the run folder saves it.
+    """The pair grid of one group ("forget" | "retain" | "prompt"), as the UI shows it and the run folder saves it.
 
-    Forget samples: up to 8 per row. Retained samples: one column per concept, one row pair per seed.
-    None while the group has no samples yet.
+    Forget samples and the user's own prompts: up to 8 per row. Retained samples: one column per concept,
+    one row pair per seed. None while the group has no samples yet.
     """
     idx = state.indices(group)
     if not idx:
         return None
-    if group == "forget":
+    if group != "retain":
         order, columns = idx, min(8, len(idx))
     else:
-        items = run.plan.items
-        order = sorted(idx, key=lambda i: (run.plan.seeds[f"retain:{items[i][1]}"].index(items[i][2]),
-                                           run.task.retain.index(items[i][1])))
+        items, plan = run.plan.items, run.plan
+        order = sorted(idx, key=lambda i: (plan.seeds[f"retain:{items[i][1]}"].index(items[i][2]),
+                                           run.task.retain.index(plan.target(i))))
         columns = len(run.task.retain)
     return pair_grid([state.original[i] for i in order], [state.unlearned[i] for i in order], columns)
 

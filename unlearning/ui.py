@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,7 +21,7 @@ from .errors import UnlearningError
 from .images import side_by_side
 from .methods import METHODS, get_method
 from .methods.base import settings_fields
-from .models.catalog import CATALOG, load_adapter, resolve
+from .models.catalog import CATALOG, HUB_MODELS, hub_availability, resolve
 from .report import metrics_rows
 from .run import RunRequest, execute, prepare
 from .runs import group_grid, new_run_folder, prune_runs, zip_run
@@ -31,12 +32,13 @@ ERASE = "(none: erase)"
 UPDATE_EVERY_S = 0.4  # at most this often a streamed update reaches the browser
 
 INTRO = """
-**Machine unlearning** removes one concept from a trained generative model (here: one digit from a
-model that draws handwritten digits) while keeping everything else it can do. Pick a concept and a
-method, press **Unlearn**, and compare: every image pair below comes from the *same seed and the
-same starting noise* through the original (top row) and the unlearned model (bottom row), so any
-difference is the edit and nothing else. A separate classifier (the *evaluator*) scores how often
-the forgotten concept still appears and whether the others are still drawn correctly.
+**Machine unlearning** removes a concept from a trained generative model (a digit from a model that
+draws handwritten digits; a shape or a colour from a tiny Stable Diffusion; or anything you type from
+a real Stable Diffusion on your GPU) while keeping everything else it can do. Pick a model, the
+concept(s) and a method, press **Unlearn**, and compare: every image pair below comes from the *same
+seed and the same starting noise* through the original (top row) and the unlearned model (bottom
+row), so any difference is the edit and nothing else. A separate classifier (the *evaluator*) scores
+how often the forgotten concept still appears and whether the others are still drawn correctly.
 """
 
 LOSS_EMPTY = pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series([], dtype=float), "series": pd.Series([], dtype=str)})
@@ -45,8 +47,14 @@ LOSS_EMPTY = pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series
 # ---- choices --------------------------------------------------------------------------------------
 
 def model_choices() -> list[tuple[str, str]]:
+    """Embedded twins, then (where the profile allows any model) the real checkpoints with their availability."""
     allowed = get_profile().models
-    return [(e.label, e.id) for e in CATALOG.values() if not allowed or e.id in allowed]
+    out = [(e.label, e.id) for e in CATALOG.values() if not allowed or e.id in allowed]
+    if not allowed:
+        for repo in HUB_MODELS:
+            ok, _ = hub_availability(repo)
+            out.append((f"{repo} ({'GPU recommended' if ok else 'not available offline'})", repo))
+    return out
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -55,21 +63,32 @@ def method_choices() -> list[tuple[str, str]]:
 
 
 def concept_choices(model: str) -> list[str]:
+    """Suggested concepts, read from the model folder without loading any weights (free text is allowed too)."""
+    import json
+
+    from .models.base import read_twin
+
     try:
         model_id, path, family = resolve(model)
     except UnlearningError:
         return []
-    if model_id in CATALOG and family == "class-conditional":
-        import json
-
+    if not isinstance(path, Path):
+        return []  # a hub model: open vocabulary
+    if family == "class-conditional":
         meta = json.loads((path / "label_encoder" / "config.json").read_text())
         return list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
-    return load_adapter(model, "cpu").concepts()
+    vocabulary = read_twin(path).get("vocabulary", {})
+    return [w for kind in ("objects", "attributes", "styles") for w in vocabulary.get(kind, [])]
 
 
 def model_markdown(model: str) -> str:
     entry = CATALOG.get(model)
-    return entry.description if entry else ""
+    if entry:
+        return entry.description
+    if model in HUB_MODELS:
+        ok, why = hub_availability(model)
+        return f"Stable Diffusion from the Hugging Face hub: {why}." + (" Loads in fp16 on a CUDA GPU." if ok else "")
+    return "A hub id (owner/name) or a local folder in diffusers' layout (the folder `save_pretrained` writes)."
 
 
 def sampling_defaults(model: str) -> tuple[int, float]:
@@ -130,6 +149,7 @@ class Outputs:
     loss: pd.DataFrame | None = None
     forget_grid: Any = None
     retain_grid: Any = None
+    prompt_grid: Any = None  # the user's own prompts (text-to-image models)
     metrics: list[list[str]] | None = None
     pairs: dict | None = None  # pair label -> (original PIL, unlearned PIL)
     download: str | None = None
@@ -137,6 +157,8 @@ class Outputs:
 
 
 def loss_frame(loss_log: list[dict]) -> pd.DataFrame:
+    if len(loss_log) <= 1:  # a closed-form edit has no curve: its residuals are in the status line
+        return LOSS_EMPTY
     rows = [{"step": e["step"], "loss": e["loss"], "series": "loss"} for e in loss_log]
     for key in ("forget_loss", "retain_loss", "remap_loss", "relabel_loss", "stability"):
         rows += [{"step": e["step"], "loss": e[key], "series": key.replace("_", " ")} for e in loss_log if key in e]
@@ -145,7 +167,9 @@ def loss_frame(loss_log: list[dict]) -> pd.DataFrame:
 
 def parse_request(model: str, forget: list[str] | str | None, anchor: str | None, method: str, seed: float | None,
                   forget_samples: float | None, retain_samples: float | None, steps: float | None,
-                  guidance: float | None, device: str, settings: dict[str, Any]) -> RunRequest:
+                  guidance: float | None, device: str, settings: dict[str, Any],
+                  preserve: list[str] | str | None = None, sampler: str | None = None,
+                  prompts: str | None = None) -> RunRequest:
     def whole(value, name: str) -> int | None:
         if value is None:
             return None
@@ -157,8 +181,11 @@ def parse_request(model: str, forget: list[str] | str | None, anchor: str | None
         return int(number)
 
     forget_list = [forget] if isinstance(forget, str) else list(forget or [])
+    preserve_list = ([preserve] if isinstance(preserve, str) else list(preserve or [])) or None
     return RunRequest(
         model=model, method=method, forget=forget_list, anchor=None if anchor in (None, "", ERASE) else anchor,
+        preserve=preserve_list, sampler=sampler or "ddim",
+        prompts=[line.strip() for line in (prompts or "").splitlines() if line.strip()] or None,
         settings=settings, seed=whole(seed, "seed") or 0, device=device or "auto",
         forget_samples=whole(forget_samples, "forget samples") or 16, retain_samples=whole(retain_samples, "retain samples") or 4,
         num_inference_steps=whole(steps, "sampling steps"), guidance_scale=guidance,
@@ -175,7 +202,8 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
         head = f"**{run.spec.label}** on **{run.model_id}**, forgetting **{', '.join(run.task.forget)}** · device {device}"
         folder = new_run_folder(profile.runs.dir, run.model_id, run.spec.name)
         last = 0.0
-        shown = (0, 0)  # forget / retain samples in the grids already sent
+        shown = (0, 0, 0)  # forget / retain / own-prompt samples in the grids already sent
+        closed = ""  # a closed-form edit's residuals, kept for the final status
         for event in execute(run, out_dir=folder, cancel=cancel):
             now = time.perf_counter()
             if event.kind == "train":
@@ -186,8 +214,11 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
                     last = now
                     yield Outputs(status=f"{head}  \nUnlearning: step {s.step} / {s.total}, loss {s.loss:.4f}", loss=loss_frame(event.loss_log))
             elif event.kind == "edit":
+                last_log = event.edit.loss_log[-1] if event.edit.loss_log else {}
+                closed = (f" Closed form: erase gap {last_log['erase_gap']:.2f} (0 = erased words read exactly as their anchor),"
+                          f" preserve drift {last_log['preserve_drift']:.3f}." if "erase_gap" in last_log else "")
                 yield Outputs(status=f"{head}  \nUnlearning done in {event.edit.timings['unlearn_s']:.1f} s "
-                              f"({event.edit.summary()['changed_values']:,} weights changed). Sampling both models…",
+                              f"({event.edit.summary()['changed_values']:,} weights changed).{closed} Sampling both models…",
                               loss=loss_frame(event.loss_log))
             elif event.kind in ("compare", "done"):
                 st = event.state
@@ -196,22 +227,22 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
                 out = Outputs(metrics=metrics_rows(st.metrics))
                 # Send a grid only when it changed: Gradio caches images by content, and re-sending an
                 # identical one rewrites the file the browser may be downloading at that moment.
-                counts = (len(st.indices("forget")), len(st.indices("retain")))
-                forget_grid, retain_grid = grids(run, st, changed=(counts[0] != shown[0], counts[1] != shown[1]))
-                out.forget_grid, out.retain_grid, shown = forget_grid, retain_grid, counts
+                counts = tuple(len(st.indices(g)) for g in GROUPS)
+                out.forget_grid, out.retain_grid, out.prompt_grid = grids(run, st, changed=tuple(c != o for c, o in zip(counts, shown, strict=True)))
+                shown = counts
                 if event.kind == "compare":
                     out.status = f"{head}  \nSampling: {len(st.original)} / {len(st.plan.items)} pairs (same seeds for both models)…"
                 else:
                     # The final grids come from the run folder: the same pictures under another file name,
                     # so Gradio's cache never rewrites a file the browser is still downloading.
-                    out.forget_grid = str(event.folder / "images" / "forget_grid.png")
-                    out.retain_grid = str(event.folder / "images" / "retain_grid.png")
+                    files = [event.folder / "images" / f"{g}_grid.png" for g in GROUPS]
+                    out.forget_grid, out.retain_grid, out.prompt_grid = (str(f) if f.is_file() else None for f in files)
                     out.pairs = pair_images(st)
                     out.download = str(zip_run(event.folder))
                     m = st.metrics
                     fr = m.get("forget_rate", {})
                     summary = (f"forget rate {fr['original']:.2f} → {fr['unlearned']:.2f}" if "original" in fr else "")
-                    out.status = f"{head}  \n**Done.** {summary}. Run folder: `{event.folder}`"
+                    out.status = f"{head}  \n**Done.** {summary}.{closed} Run folder: `{event.folder}`"
                     prune_runs(profile.runs.dir, profile.runs.keep)
                 yield out
     except UnlearningError as exc:
@@ -221,9 +252,12 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
         yield Outputs(status=f"**Internal error** ({type(exc).__name__}: {exc}). This is a bug; the base model is unchanged.")
 
 
-def grids(run, state, changed: tuple[bool, bool] = (True, True)) -> tuple[Any, Any]:
-    """(forget grid, retain grid) as PIL images; None for a group that is empty or not ``changed``."""
-    return tuple(group_grid(run, state, g) if c else None for g, c in zip(("forget", "retain"), changed, strict=True))
+GROUPS = ("forget", "retain", "prompt")
+
+
+def grids(run, state, changed: tuple[bool, ...] = (True, True, True)) -> tuple[Any, ...]:
+    """(forget, retain, own-prompt grid) as PIL images; None for a group that is empty or not ``changed``."""
+    return tuple(group_grid(run, state, g) if c else None for g, c in zip(GROUPS, changed, strict=True))
 
 
 def pair_images(state) -> dict:
@@ -237,3 +271,61 @@ def settings_from_controls(method: str, controls: list[SettingControl], values: 
     """The selected method's settings from the generated controls' values."""
     return {c.name: v for c, v in zip(controls, values, strict=True) if c.method == method}
 
+
+
+# ---- the scaling tab ----------------------------------------------------------------------------
+
+SCALING_INTRO = """
+Erase 1, 2, 4, 8 and 16 colour-shape pairs ("red star", "blue circle", ...) of the **shapes-sd** twin at
+once and watch what is left: the forget rate of the erased pairs should stay low while the retain
+accuracy of a fixed set of preserved pairs should stay high. ScaPre claims to hold quality for several
+times more concepts than UCE. The numbers shown first are the committed results of
+`python -m unlearning bench scaling` (bench/results/scaling.json); the button re-runs it here.
+"""
+
+
+def scaling_stored() -> list[dict]:
+    from .scaling import load_results
+
+    data = load_results()
+    return data["rows"] if data else []
+
+
+def scaling_frame(rows: list[dict], metric: str) -> pd.DataFrame:
+    from .scaling import plot_frame
+
+    frame = plot_frame(rows) if rows else pd.DataFrame({"concepts": [], "value": [], "metric": [], "method": []})
+    return frame[frame["metric"] == metric][["concepts", "value", "method"]] if len(frame) else frame
+
+
+def scaling_markdown(rows: list[dict]) -> str:
+    from .scaling import format_table
+
+    if not rows:
+        return "No scaling results yet: press the button or run `python -m unlearning bench scaling`."
+    return format_table(rows)
+
+
+def scaling_stream(counts_text: str, methods: list[str]):
+    """Run the scaling benchmark, yielding (forget plot, retain plot, table) after every row."""
+    from .scaling import ScalingConfig, run_scaling
+
+    try:
+        counts = tuple(sorted({int(c) for c in str(counts_text).split(",") if c.strip()}))
+        if not counts or counts[0] < 1 or counts[-1] > get_profile().limits.max_concepts:
+            raise ValueError
+    except ValueError:
+        yield None, None, f"**Could not run:** give numbers of concepts between 1 and {get_profile().limits.max_concepts}, e.g. 1,2,4."
+        return
+    if not methods:
+        yield None, None, "**Could not run:** pick at least one method."
+        return
+    rows: list[dict] = []
+    try:
+        for row in run_scaling(ScalingConfig(counts=counts, methods=tuple(methods))):
+            rows.append(row)
+            yield scaling_frame(rows, "forget rate"), scaling_frame(rows, "retain accuracy"), scaling_markdown(rows) + "\n\n*running…*"
+    except UnlearningError as exc:
+        yield None, None, f"**Could not run:** {exc}"
+        return
+    yield scaling_frame(rows, "forget rate"), scaling_frame(rows, "retain accuracy"), scaling_markdown(rows)

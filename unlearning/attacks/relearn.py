@@ -175,7 +175,8 @@ def _generate(adapter: FamilyAdapter, unet: torch.nn.Module, plan: ComparisonPla
     for start in range(0, len(plan.items), plan.batch_size):
         batch = plan.items[start : start + plan.batch_size]
         images.extend(adapter.generate([c for _, c, _ in batch], [s for _, _, s in batch], unet=unet,
-                                       num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale))
+                                       num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
+                                       sampler=plan.sampler))
     return images, time.perf_counter() - t0
 
 

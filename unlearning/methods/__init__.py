@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from . import esd, finetune, gradient_ascent, salun, vdu
+from . import esd, finetune, gradient_ascent, salun, scapre, uce, vdu
 from .base import build_settings, settings_fields
 
 
@@ -24,7 +24,7 @@ class MethodSpec:
     citation: str
     settings_cls: type
     unlearn: Callable
-    families: tuple[str, ...] = ("class-conditional",)
+    families: tuple[str, ...] = ("class-conditional", "stable-diffusion")
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
     uses_anchor: bool = False
 
@@ -63,7 +63,8 @@ METHODS: dict[str, MethodSpec] = {
             citation="Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023",
             settings_cls=esd.ESDSettings,
             unlearn=esd.unlearn,
-            tuned={"digits": {"iterations": 80, "lr": 1e-3, "ddim_steps": 25, "batch_size": 2, "start_guidance": 2.0}},
+            tuned={"digits": {"iterations": 80, "lr": 1e-3, "ddim_steps": 25, "batch_size": 2, "start_guidance": 2.0},
+                   "shapes-sd": {"iterations": 80, "lr": 1e-3, "ddim_steps": 25, "batch_size": 2, "start_guidance": 3.0}},
             uses_anchor=True,
         ),
         MethodSpec(
@@ -108,6 +109,26 @@ METHODS: dict[str, MethodSpec] = {
             unlearn=vdu.unlearn,
             families=("class-conditional",),
             tuned={"digits": {"iterations": 15, "batch_size": 64}},
+        ),
+        MethodSpec(
+            name="uce",
+            label="UCE (closed-form cross-attention edit)",
+            summary="One linear solve rewrites every cross-attention key / value projection so the erased words read as "
+            "their anchor (or the empty prompt) while preserved concepts keep their outputs. No data, no training; seconds.",
+            citation="Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024",
+            settings_cls=uce.UCESettings,
+            unlearn=uce.unlearn,
+            uses_anchor=True,
+        ),
+        MethodSpec(
+            name="scapre",
+            label="ScaPre (scalable multi-concept closed form)",
+            summary="UCE's closed form with trace-normalised terms and a capped update spectrum (so many concepts do not "
+            "swamp preservation), retraction from the preserved subspace, and per-channel information gains.",
+            citation="ScaPre (seed 004; abstract only), designed here as an extension of UCE; see unlearning/methods/scapre.py",
+            settings_cls=scapre.ScaPreSettings,
+            unlearn=scapre.unlearn,
+            uses_anchor=True,
         ),
     ]
 }

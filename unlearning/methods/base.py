@@ -36,8 +36,12 @@ class UnlearnTask:
 
     forget: list[str]  # concepts to remove
     retain: list[str]  # concepts to keep intact (for a closed vocabulary: all the others)
-    anchor: str | None = None  # concept the forget concept is mapped to (None: the null condition)
+    anchor: str | None = None  # concept every forget concept is mapped to (None: the null condition)
     seed: int = 0
+    anchors: dict[str, str] = field(default_factory=dict)  # per-concept anchors ("star -> circle"), over `anchor`
+
+    def anchor_of(self, concept: str) -> str | None:
+        return self.anchors.get(concept, self.anchor)
 
 
 @dataclass
@@ -206,7 +210,7 @@ class ConceptPool:
         with torch.no_grad():
             for i, (concept, label) in enumerate(zip(concepts, labels, strict=True)):
                 xs.append(adapter.concept_data(concept, per_concept, seed + 7919 * i))
-                cs.append(adapter.encode([label] * per_concept))
+                cs.append(adapter.encode([adapter.prompt_for(label)] * per_concept))
         return cls(torch.cat(xs), torch.cat(cs))
 
     def batch(self, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,14 +59,14 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: ESDSettings, ct
     g = torch.Generator().manual_seed(task.seed)
     with torch.no_grad():
         conds = adapter.encode(task.forget)  # (K, T, D): one row per forget concept
-        anchor = adapter.encode([task.anchor]) if task.anchor else adapter.null_condition(1)
+        anchors = torch.cat([adapter.encode([a]) if (a := task.anchor_of(c)) else adapter.null_condition(1) for c in task.forget])
     timesteps = adapter.make_sampler(settings.ddim_steps).timesteps
 
     def loss_fn(step: int) -> torch.Tensor:
         # 2. pick a concept, a stopping step and initial noise
         k = int(torch.randint(len(task.forget), (1,), generator=g))
         c = conds[k : k + 1].expand(b, -1, -1)
-        c_a = anchor.expand(b, -1, -1)
+        c_a = anchors[k : k + 1].expand(b, -1, -1)
         stop = int(torch.randint(settings.ddim_steps, (1,), generator=g))
         seeds = torch.randint(2**31 - 1, (b,), generator=g).tolist()
         # 3. x_t from the model being edited, conditioned on c (data-free), no gradient

@@ -42,7 +42,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: FineTuneSetting
     remap = None
     if settings.remap_forget:
         g_anchor = torch.Generator().manual_seed(task.seed)
-        anchors = [task.anchor or task.retain[int(torch.randint(len(task.retain), (1,), generator=g_anchor))] for _ in task.forget]
+        anchors = [task.anchor_of(c) or task.retain[int(torch.randint(len(task.retain), (1,), generator=g_anchor))] for c in task.forget]
         remap = ConceptPool.build(adapter, anchors, settings.data_size, task.seed + 2, condition_on=task.forget)
     # 2. a trainable copy of the chosen parameter group
     unet, names = trainable_copy(adapter, settings.group)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 
+SAMPLERS = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}  # user-selectable samplers
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step_index, timestep, x_t)
 
 # Parameter groups, named as in ESD (Gandikota et al. 2023): which UNet weights a method trains.
@@ -84,6 +85,43 @@ class FamilyAdapter(ABC):
     def validate_concept(self, concept: str) -> str:
         """Return the canonical concept or raise InputError saying what this model accepts."""
 
+    # ---- prompt sets and recognition (closed-vocabulary defaults; open-vocabulary families override) ----
+    def prompt_for(self, concept: str) -> str:
+        """The condition that shows a concept (for class labels: the label itself)."""
+        return concept
+
+    def forget_prompts(self, concept: str) -> list[str]:
+        """Conditions whose samples should no longer show the concept (paraphrases where the family has them)."""
+        return [concept]
+
+    def default_retain(self, forget: Sequence[str]) -> list[str]:
+        """Concepts to keep when the user names none: every known concept not forgotten."""
+        return [c for c in self.concepts() if c not in forget]
+
+    @torch.no_grad()
+    def recognises(self, targets: Sequence[str], images: torch.Tensor) -> torch.Tensor | None:
+        """(B,) bool: does each image show its target concept, by the model's evaluator? None without one."""
+        evaluator = getattr(self, "evaluator", None)
+        if evaluator is None:
+            return None
+        names = self.concepts()
+        pred = evaluator(images.to(evaluator.device)).argmax(1).cpu()
+        return pred == torch.tensor([names.index(t) for t in targets])
+
+    def token_positions(self, text: str, include_last: bool = True) -> list[int]:
+        """Positions of a condition's own tokens (everything after BOS for class labels)."""
+        return list(range(1, self.null_condition(1).shape[1]))
+
+    @torch.no_grad()
+    def token_embeddings(self, text: str | None, positions: Sequence[int]) -> torch.Tensor:
+        """(len(positions), D) float32 rows of the condition of ``text`` (None: the null condition)."""
+        cond = self.null_condition(1) if text is None else self.encode([text])
+        return cond[0, list(positions)].float()
+
+    def reference_images(self, targets: Sequence[str], n_per: int | None = None, seed: int = 0) -> torch.Tensor | None:
+        """Real images of the targets in [0, 1] (for evaluator-FID), or None where the family ships none."""
+        return None
+
     # ---- data ----------------------------------------------------------------------------------
     @abstractmethod
     def concept_data(self, concept: str, n: int, seed: int) -> torch.Tensor:
@@ -129,11 +167,20 @@ class FamilyAdapter(ABC):
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device, self.dtype)
 
-    def make_sampler(self, num_inference_steps: int) -> DDIMScheduler:
-        """A fresh DDIM scheduler for one sampling call (schedulers hold state; never share one)."""
-        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+    def make_sampler(self, num_inference_steps: int, sampler: str | None = None):
+        """A fresh scheduler for one sampling call (schedulers hold state; never share one):
+        DDIM (eta 0, the default) or DPM-Solver++ (multistep), from the model's own config."""
+        cls = SAMPLERS.get(sampler or "ddim")
+        if cls is None:
+            from ..errors import InputError
+
+            raise InputError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}.")
+        scheduler = cls.from_config(self.sampler_config())
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         return scheduler
+
+    def sampler_config(self):
+        return self.noise_scheduler.config
 
     @torch.no_grad()
     def denoise(
@@ -147,6 +194,7 @@ class FamilyAdapter(ABC):
         start_step: int = 0,
         stop_step: int | None = None,
         callback: StepCallback | None = None,
+        sampler: str | None = None,
     ) -> torch.Tensor:
         """Deterministic DDIM (eta = 0) from step ``start_step`` to ``stop_step`` (exclusive).
 
@@ -156,7 +204,7 @@ class FamilyAdapter(ABC):
         unet = self.unet if unet is None else unet
         steps = num_inference_steps or self.sampling.num_inference_steps
         w = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
-        scheduler = self.make_sampler(steps)
+        scheduler = self.make_sampler(steps, sampler)
         timesteps = scheduler.timesteps
         for i in range(start_step, len(timesteps) if stop_step is None else stop_step):
             t = timesteps[i]
@@ -174,13 +222,15 @@ class FamilyAdapter(ABC):
         unet: UNet2DConditionModel | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        sampler: str | None = None,
     ) -> torch.Tensor:
         """Images in [0, 1] (B, C, H, W) on CPU, one per (concept, seed) pair."""
         if len(concepts) != len(seeds):
             raise ValueError("generate() needs one seed per concept")
         x_T = self.initial_noise(seeds)
         x_0 = self.denoise(
-            x_T, self.encode(concepts), unet=unet, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale
+            x_T, self.encode(concepts), unet=unet, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            sampler=sampler,
         )
         return self.to_images(x_0)
 

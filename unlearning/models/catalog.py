@@ -1,13 +1,18 @@
 """Known model sources and the adapter cache.
 
-A model source is one of: the id of an embedded twin shipped in ``assets/`` (e.g. ``digits``), a
-local folder in diffusers' layout, or (later families) a hub id. Each source is loaded once per
-(device, dtype) and cached; the cached adapter's base weights are never modified.
+A model source is one of: the id of an embedded twin shipped in ``assets/`` (``digits``,
+``shapes-sd``), a local folder in diffusers' layout, or a Hugging Face hub id (loaded from the local
+cache, or downloaded where the hub is reachable). Each source is loaded once per (device, dtype) and
+cached; the cached adapter's base weights are never modified.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +46,94 @@ CATALOG: dict[str, ModelEntry] = {
             description="A 1.7 M-parameter class-conditional DDPM trained here on scikit-learn's handwritten digits "
             "(16x16). Concepts are the ten digits. Runs on any CPU.",
         ),
+        ModelEntry(
+            id="shapes-sd",
+            label="shapes-sd (embedded Stable Diffusion)",
+            family="stable-diffusion",
+            path=ASSETS / "shapes-sd",
+            description="A tiny Stable Diffusion (the real pipeline classes: CLIP text encoder, VAE, UNet) trained here on "
+            "captioned shapes (32x32). Concepts: shapes (star, circle, ...), colours (red, blue, ...) or any prompt. Runs on any CPU.",
+        ),
     ]
 }
 
-FAMILY_LOADERS = {"class-conditional": "unlearning.models.class_cond:ClassConditionalAdapter"}
-FAMILY_ALLOWS_HALF = {"class-conditional": False}
+# Real checkpoints the picker offers (any other hub id of the same layout works too).
+HUB_MODELS = {
+    "CompVis/stable-diffusion-v1-4": "stable-diffusion",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "stable-diffusion",
+    "stabilityai/stable-diffusion-2-1-base": "stable-diffusion",
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+FAMILY_LOADERS = {
+    "class-conditional": "unlearning.models.class_cond:ClassConditionalAdapter",
+    "stable-diffusion": "unlearning.models.sd:StableDiffusionAdapter",
+}
+FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True}
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion"}
+
+
+def family_of_index(meta: dict, where: str) -> str:
+    family = meta.get("_unlearning_family") or PIPELINE_FAMILIES.get(meta.get("_class_name", ""))
+    if family in FAMILY_LOADERS:
+        return family
+    raise InputError(
+        f"'{where}' holds a {meta.get('_class_name', 'unknown')} model, which this version cannot load; "
+        f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x, or a folder of the same layout."
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether huggingface.co answers (never when HF_HUB_OFFLINE is set); asked once per process."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_cached(repo: str) -> bool:
+    """Whether the repo's model_index.json and UNet config are in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(repo, f) for f in ("model_index.json", "unet/config.json")]
+    return all(isinstance(f, str) for f in found)
+
+
+def hub_availability(repo: str) -> tuple[bool, str]:
+    """(usable now, a sentence saying why or why not) for a hub id."""
+    if hub_cached(repo):
+        return True, "in the local Hugging Face cache"
+    if hub_reachable():
+        return True, "downloadable from the hub (several GB on first use)"
+    return False, (f"not in the local Hugging Face cache and the hub cannot be reached from here (offline). Download it on a "
+                   f"connected machine (`huggingface-cli download {repo}`) and copy the cache, or give a local folder.")
+
+
+def _resolve_hub(repo: str) -> tuple[str, str, str]:
+    ok, why = hub_availability(repo)
+    if not ok:
+        raise InputError(f"'{repo}' is {why}")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        index = hf_hub_download(repo, "model_index.json", local_files_only=hub_cached(repo))
+    except RepositoryNotFoundError:
+        raise InputError(f"'{repo}' does not exist on the hub (or is private); check the spelling.") from None
+    except EntryNotFoundError:
+        raise InputError(f"'{repo}' has no model_index.json: it is not a diffusers pipeline.") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise InputError(f"could not fetch '{repo}' from the hub: {exc}") from None
+    return repo, repo, family_of_index(json.loads(Path(index).read_text()), repo)
 
 
 def family_of_folder(path: Path) -> str:
@@ -57,17 +145,11 @@ def family_of_folder(path: Path) -> str:
         meta = json.loads(index.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"'{index}' is not valid JSON ({exc}).") from exc
-    family = meta.get("_unlearning_family")
-    if family in FAMILY_LOADERS:
-        return family
-    raise InputError(
-        f"'{path}' holds a {meta.get('_class_name', 'unknown')} model, which this version cannot load; "
-        f"supported: {', '.join(CATALOG)} or a folder of the same layout."
-    )
+    return family_of_index(meta, str(path))
 
 
-def resolve(model: str) -> tuple[str, Path, str]:
-    """(model id, folder, family) for a catalog id or a local folder; InputError otherwise."""
+def resolve(model: str) -> tuple[str, Path | str, str]:
+    """(model id, folder or hub id, family) for a catalog id, a local folder or a hub id; InputError otherwise."""
     text = (model or "").strip()
     if not text:
         raise InputError(f"no model given; pick one of: {', '.join(CATALOG)}, or a local folder.")
@@ -81,7 +163,12 @@ def resolve(model: str) -> tuple[str, Path, str]:
         if not path.is_dir():
             raise InputError(f"'{text}' is a file; give the model's folder instead.")
         return str(path.resolve()), path.resolve(), family_of_folder(path)
-    raise InputError(f"unknown model '{text}': not an embedded model ({', '.join(CATALOG)}) and no such folder.")
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        if not HUB_ID.match(text):
+            raise InputError(f"'{text}' is not a valid hub id (owner/name, letters, digits, '-', '_', '.') and no such folder exists.")
+        return _resolve_hub(text)
+    raise InputError(f"unknown model '{text}': not an embedded model ({', '.join(CATALOG)}), not a hub id (owner/name) "
+                     "and no such folder.")
 
 
 _cache: dict[tuple[str, str, str], FamilyAdapter] = {}

@@ -93,6 +93,14 @@ class ClassConditionalAdapter(FamilyAdapter):
             self._dataset_cache = load_digit_images(size)
         return self._dataset_cache
 
+    def reference_images(self, targets: Sequence[str], n_per: int | None = None, seed: int = 0) -> torch.Tensor | None:
+        """Every bundled real image of the target classes (n_per is ignored: the dataset is small)."""
+        data = self.real_dataset()
+        if data is None:
+            return None
+        images, labels = data
+        return images[torch.isin(labels, torch.tensor([self.label_of(t) for t in targets]))]
+
     def concept_data(self, concept: str, n: int, seed: int) -> torch.Tensor:
         label = self.label_of(concept)
         data = self.real_dataset()

@@ -1,0 +1,101 @@
+"""Shared ground of the closed-form cross-attention editors (UCE, ScaPre).
+
+Every cross-attention layer reads the text through two projections, W_k and W_v (``attn2.to_k``,
+``attn2.to_v``), and all of them take the *same* input: the text encoder's per-token embeddings c
+(d_in = text width). An edit that maps an erased concept's embeddings c_i to the outputs an anchor
+produces, W c_i ~ W_0 c*_i, while keeping W c_j ~ W_0 c_j for preserved concepts, makes the UNet
+read the erased words as the anchor. Both editors here solve their objective in closed form.
+
+Embedding rows used per concept (adapter.token_positions): the concept's own tokens and the last
+(EOS) token of its plain prompt; the anchor's rows are taken at the same positions of the anchor's
+prompt (the empty prompt when erasing), as UCE does. The null prompt's rows and the BOS row are always
+preserved, since classifier-free guidance runs every image through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.base import FamilyAdapter
+from .base import UnlearnTask
+
+
+def kv_projection_names(unet: torch.nn.Module) -> list[str]:
+    """Weight names of every cross-attention key / value projection."""
+    return [f"{n}.weight" for n, m in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v")) and isinstance(m, torch.nn.Linear)]
+
+
+@dataclass
+class ConceptRows:
+    """Embedding rows (as columns of d_in x n matrices) of one edit problem."""
+
+    erase: torch.Tensor  # C_E: (d_in, n_E) embeddings of the erased concepts
+    target: torch.Tensor  # C_A: (d_in, n_E) matching anchor embeddings (v*_i = W_0 c*_i)
+    preserve: torch.Tensor  # C_P: (d_in, n_P) embeddings of preserved concepts (+ null prompt, BOS)
+    erase_owner: list[int]  # per erase column: index of its concept in task.forget
+
+
+def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: bool = True) -> ConceptRows:
+    """Collect C_E, C_A and C_P for a task (float64 on CPU for stable solves)."""
+    erase, target, owner = [], [], []
+    for k, concept in enumerate(task.forget):
+        for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
+            pos = adapter.token_positions(text, include_last)
+            erase.append(adapter.token_embeddings(text, pos))
+            anchor = task.anchor_of(concept)
+            target.append(adapter.token_embeddings(adapter.prompt_for(anchor) if anchor else None, pos))
+            owner += [k] * len(pos)
+    keep = []
+    for concept in task.retain:
+        for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
+            keep.append(adapter.token_embeddings(text, adapter.token_positions(text, include_last)))
+    null = adapter.null_condition(1)[0].float()
+    keep.append(null)  # every row of the unconditional branch, BOS included
+    as_cols = lambda rows: torch.cat(rows).double().cpu().T.contiguous()  # noqa: E731
+    return ConceptRows(as_cols(erase), as_cols(target), as_cols(keep), owner)
+
+
+def edit_residuals(rows: ConceptRows, factor: torch.Tensor) -> dict[str, float]:
+    """How well a factor M does its job, in embedding space (W = W_0 M):
+    erase_gap   ||M C_E - C_A|| / ||C_E - C_A||   (0: erased concepts read exactly as their anchors; 1: unedited)
+    preserve_drift  ||(M - I) C_P|| / ||C_P||      (0: preserved concepts untouched)"""
+    eye = torch.eye(factor.shape[0], dtype=factor.dtype)
+    gap = torch.linalg.norm(factor @ rows.erase - rows.target) / torch.linalg.norm(rows.erase - rows.target).clamp_min(1e-12)
+    drift = torch.linalg.norm((factor - eye) @ rows.preserve) / torch.linalg.norm(rows.preserve).clamp_min(1e-12)
+    return {"erase_gap": float(gap), "preserve_drift": float(drift)}
+
+
+def closed_form_edit(adapter: FamilyAdapter, task: UnlearnTask, rows: ConceptRows, update: torch.Tensor, *, method: str,
+                     settings, ctx, started: float, gains=None):
+    """Apply W = W_0 + diag(g) W_0 N to every K/V projection (N = ``update``, d_in x d_in; g = ``gains(W_0)``
+    per output row, 1 when None) and package the Edit (finite-checked), reporting the residuals."""
+    import dataclasses
+    import time
+
+    from ..edit import Edit
+    from ..errors import DivergedError
+
+    params = dict(adapter.unet.named_parameters())
+    new, mean_gain = {}, []
+    for name in kv_projection_names(adapter.unet):
+        w0 = params[name].detach().double().cpu()
+        change = w0 @ update
+        if gains is not None:
+            g = gains(w0)
+            mean_gain.append(float(g.mean()))
+            change = g[:, None] * change
+        new[name] = (w0 + change).float()
+    if not all(torch.isfinite(p).all() for p in new.values()):
+        raise DivergedError(f"{method}: the closed-form solve gave non-finite weights; raise the ridge and run again. "
+                            "The base model is unchanged.")
+    res = edit_residuals(rows, torch.eye(update.shape[0], dtype=update.dtype) + update)
+    if mean_gain:
+        res["mean_channel_gain"] = sum(mean_gain) / len(mean_gain)
+    ctx.report(1, 1, res["erase_gap"], **{k: v for k, v in res.items() if k != "erase_gap"})
+    elapsed = time.perf_counter() - started
+    return Edit(params=new, method=method, settings=dataclasses.asdict(settings),
+                loss_log=[{"step": 1, "loss": res["erase_gap"], **res}],
+                timings={"unlearn_s": elapsed, "per_concept_s": elapsed / len(task.forget)},
+                base={"source": adapter.source, "family": adapter.family})
