@@ -175,3 +175,22 @@ def test_text_to_image_run_in_the_browser(page, artifacts_dir):
     page.wait_for_timeout(500)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.is_file() and shot.stat().st_size > 50_000, shot
+
+
+def test_scaling_tab_shows_the_stored_curve(page, artifacts_dir):
+    """The committed scaling results (bench/results/scaling.json) as two line plots and a table."""
+    from playwright.sync_api import expect
+
+    from unlearning.scaling import load_results
+
+    page.get_by_role("tab", name="Scaling: many concepts at once").click()
+    if load_results() is None:
+        expect(page.get_by_text("No scaling results yet", exact=False)).to_be_visible()
+        return
+    expect(page.get_by_role("columnheader", name="retain accuracy")).to_be_visible()
+    expect(page.get_by_text("Forget rate of the erased concepts", exact=False)).to_be_visible()
+    page.wait_for_timeout(1000)  # let the plots draw
+    shot = artifacts_dir / "scaling_tab.png"
+    shot.unlink(missing_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.is_file() and shot.stat().st_size > 20_000

@@ -266,3 +266,18 @@ def test_open_vocabulary_model_says_clip_is_unavailable(tmp_path, monkeypatch):
     assert "CLIP" in metrics["forget_rate"]["unavailable"] and metrics["forget_rate"]["how_to_enable"]
     assert "unavailable" in metrics["clip_score"]
     assert metrics["ssim"]["value"] > 0
+
+
+def test_scaling_rows_are_measured_side_by_side():
+    from unlearning.scaling import ScalingConfig, format_table, plot_frame, run_scaling
+
+    cfg = ScalingConfig(counts=(1, 2), methods=("uce", "scapre"), forget_total=4, retain_pairs=2, per_retain=1,
+                        num_inference_steps=4)
+    rows = list(run_scaling(cfg))
+    assert [(r["method"], r["k"]) for r in rows] == [("original", 1), ("original", 2), ("uce", 1), ("uce", 2),
+                                                     ("scapre", 1), ("scapre", 2)]
+    for r in rows:
+        assert 0 <= r["forget_rate"] <= 1 and 0 <= r["retain_accuracy"] <= 1 and r["n_retain"] == 2
+    assert rows[0]["n_forget"] == 4 and rows[1]["n_forget"] == 8  # max(4, 4 // k) per erased pair
+    assert "| uce | 2 |" in format_table(rows)
+    assert set(plot_frame(rows)["metric"]) == {"forget rate", "retain accuracy"}

@@ -41,11 +41,12 @@ class ScalingConfig:
     model: str = "shapes-sd"
     counts: tuple[int, ...] = DEFAULT_COUNTS
     methods: tuple[str, ...] = DEFAULT_METHODS
-    per_concept: int = 4  # forget samples per erased pair
+    forget_total: int = 32  # forget samples at least (per pair: max(4, forget_total // k)), so small k is not noise
     retain_pairs: int = 16
     per_retain: int = 2
     seed: int = 0
     esd_iterations: int | None = None  # None: the twin's tuned value
+    num_inference_steps: int | None = None  # None: the model's default
 
 
 def concept_order(adapter, seed: int) -> list[str]:
@@ -57,16 +58,19 @@ def concept_order(adapter, seed: int) -> list[str]:
 
 def measure(adapter, unet, forget: list[str], retain: list[str], cfg: ScalingConfig) -> tuple[dict, torch.Tensor]:
     f_prompts, f_targets = [], []
+    per_concept = max(4, cfg.forget_total // len(forget))
     for c in forget:
         prompts = adapter.forget_prompts(c)
-        f_prompts += [prompts[i % len(prompts)] for i in range(cfg.per_concept)]
-        f_targets += [c] * cfg.per_concept
+        f_prompts += [prompts[i % len(prompts)] for i in range(per_concept)]
+        f_targets += [c] * per_concept
     r_targets = [c for c in retain for _ in range(cfg.per_retain)]
     seeds_f = list(range(cfg.seed, cfg.seed + len(f_prompts)))
     seeds_r = list(range(cfg.seed + 10_000, cfg.seed + 10_000 + len(r_targets)))
-    f_images = torch.cat([adapter.generate(f_prompts[i : i + 32], seeds_f[i : i + 32], unet=unet) for i in range(0, len(f_prompts), 32)])
-    r_images = torch.cat([adapter.generate([adapter.prompt_for(c) for c in r_targets[i : i + 32]], seeds_r[i : i + 32], unet=unet)
-                          for i in range(0, len(r_targets), 32)])
+    steps = cfg.num_inference_steps
+    f_images = torch.cat([adapter.generate(f_prompts[i : i + 32], seeds_f[i : i + 32], unet=unet, num_inference_steps=steps)
+                          for i in range(0, len(f_prompts), 32)])
+    r_images = torch.cat([adapter.generate([adapter.prompt_for(c) for c in r_targets[i : i + 32]], seeds_r[i : i + 32], unet=unet,
+                                           num_inference_steps=steps) for i in range(0, len(r_targets), 32)])
     return {
         "forget_rate": float(adapter.recognises(f_targets, f_images).float().mean()),
         "retain_accuracy": float(adapter.recognises(r_targets, r_images).float().mean()),
@@ -120,7 +124,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         fid = f"{r['evaluator_fid']:.2f}" if r.get("evaluator_fid") is not None else "n/a"
-        lines.append(f"| {r['method']} | {r['k']} | {r['forget_rate']:.2f} | {r['retain_accuracy']:.2f} | {r['ssim']:.3f} | {fid} | {r['seconds']:.1f} |")
+        lines.append(f"| {r['method']} | {r['k']} | {r['forget_rate']:.2f} | {r['retain_accuracy']:.2f} | {r['ssim']:.3f} | {fid} | {r['seconds']:.2f} |")
     return "\n".join(lines)
 
 
