@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from apphelpers import (
     OUT_DOWNLOAD,
-    OUT_PROMPTS,
     OUT_FORGET,
     OUT_METRICS,
+    OUT_PROMPTS,
     OUT_RETAIN,
     OUT_SLIDER,
     OUT_STATUS,
