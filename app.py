@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import threading
+from pathlib import Path
 
 import gradio as gr
 
@@ -36,6 +37,7 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="unlearning-lab") as demo:
         gr.Markdown("# unlearning-lab\n" + ui.INTRO)
         pairs_state = gr.State({})
+        folder_state = gr.State(None)  # the last finished run's folder (for the model export)
         with gr.Tabs():
             with gr.Tab("Unlearn"):  # noqa: SIM117 (Gradio layout reads best nested)
                 with gr.Row():
@@ -116,6 +118,10 @@ def build_demo() -> gr.Blocks:
                             pair = gr.Dropdown([], label="Look at one pair", info="drag the slider: original | unlearned")
                             slider = gr.ImageSlider(label="original | unlearned", format="png", type="pil", max_height=320)
                         download = gr.File(label="Download this run (run card, metrics, images, edit.safetensors)")
+                        with gr.Row():
+                            export_btn = gr.Button("Export the unlearned model (full diffusers folder)", scale=1)
+                            export_status = gr.Markdown("")
+                        export_file = gr.File(label="Unlearned model (zip of the diffusers folder)")
 
             with gr.Tab("Scaling: many concepts at once"):
                 gr.Markdown(ui.SCALING_INTRO)
@@ -158,7 +164,8 @@ def build_demo() -> gr.Blocks:
 
         run_inputs = [model, forget, anchor, method, seed, forget_samples, retain_samples, steps, guidance, device, preserve,
                       sampler, own_prompts, *setting_inputs]
-        run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download, prompt_grid]
+        run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download, prompt_grid,
+                       folder_state]
 
         def on_run(m, f, a, me, s, nf, nr, st, g, d, p, sa, op, *values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
             cancel = threading.Event()
@@ -178,6 +185,8 @@ def build_demo() -> gr.Blocks:
                                         (prompt_grid, out.prompt_grid)):
                         if value is not None:
                             update[comp] = value
+                    if out.download is not None:
+                        update[folder_state] = str(Path(out.download).with_suffix(""))
                     if out.pairs is not None:
                         update[pairs_state] = out.pairs
                         first = next(iter(out.pairs), None)
@@ -187,6 +196,7 @@ def build_demo() -> gr.Blocks:
             finally:
                 cancel.set()  # a cancelled or closed event stops the method at its next step
 
+        export_btn.click(ui.export_model, folder_state, [export_file, export_status], api_visibility="private")
         scaling_btn.click(ui.scaling_stream, [scaling_counts, scaling_methods],
                           [scaling_forget, scaling_retain, scaling_table], concurrency_id="gpu", api_visibility="private")
 

@@ -210,7 +210,7 @@ def test_an_unknown_subcommand_is_a_usage_error(capsys):
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
-        (["export", "--run", "/nonexistent/run", "--out", "/tmp/x"], "no run at '/nonexistent/run'"),
+        (["export", "--run", "/nonexistent/run", "--out", "/tmp/x"], "no run folder at '/nonexistent/run'"),
         (["bench", "scaling", "--counts", "0,2"], "--counts must be between 1 and 32"),
         (["bench", "scaling", "--counts", "a,b"], "--counts takes whole numbers"),
     ],

@@ -281,3 +281,17 @@ def test_scaling_rows_are_measured_side_by_side():
     assert rows[0]["n_forget"] == 4 and rows[1]["n_forget"] == 8  # max(4, 4 // k) per erased pair
     assert "| uce | 2 |" in format_table(rows)
     assert set(plot_frame(rows)["metric"]) == {"forget rate", "retain accuracy"}
+
+
+def test_export_button_handler_writes_and_zips_the_model(sd, tmp_path):
+    from unlearning import ui
+
+    assert ui.export_model(None)[0] is None
+    folder = tmp_path / "run"
+    run = prepare(RunRequest(model="shapes-sd", method="uce", forget=["star"], forget_samples=2, retain_samples=1,
+                             num_inference_steps=3))
+    list(execute(run, out_dir=folder))
+    archive, status = ui.export_model(str(folder))
+    assert archive and archive.endswith(".zip") and (folder / "model" / "model_index.json").is_file()
+    assert "StableDiffusionPipeline.from_pretrained" in status
+    assert ui.export_model(str(tmp_path / "nothing"))[1].startswith("**Could not export:**")

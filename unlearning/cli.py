@@ -75,20 +75,11 @@ def cmd_relearn(args: argparse.Namespace) -> int:
     from .errors import InputError
     from .methods.base import RunContext
     from .models.catalog import resolve
-    from .run import RunRequest, prepare
+    from .run import prepare
+    from .runs import read_request
 
     folder = Path(args.run)
-    if not folder.is_dir():
-        raise InputError(f"no run folder at '{folder}'; give a folder written by 'python -m unlearning run --out'.")
-    card_path = folder / "run.json"
-    if not card_path.is_file():
-        raise InputError(f"'{folder}' holds no run.json; give a folder written by 'python -m unlearning run --out'.")
-    try:
-        card = json.loads(card_path.read_text())
-        fields = {f.name for f in dataclasses.fields(RunRequest)}
-        request = RunRequest(**{k: v for k, v in card["request"].items() if k in fields})
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"'{card_path}' is not a readable run card ({exc}).") from None
+    request = read_request(folder)
     if args.device:
         request.device = args.device
     model_id, _, _ = resolve(request.model)
@@ -120,29 +111,11 @@ def cmd_relearn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run(folder: Path):
-    """(PreparedRun, Edit) of a finished run folder, re-validated as a new request."""
-    import dataclasses
-
-    from .edit import Edit
-    from .errors import InputError
-    from .run import RunRequest, prepare
-
-    if not folder.is_dir() or not (folder / "run.json").is_file():
-        raise InputError(f"no run at '{folder}'; give a folder written by 'python -m unlearning run --out'.")
-    try:
-        card = json.loads((folder / "run.json").read_text())
-        fields = {f.name for f in dataclasses.fields(RunRequest)}
-        request = RunRequest(**{k: v for k, v in card["request"].items() if k in fields})
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"'{folder / 'run.json'}' is not a readable run card ({exc}).") from None
-    return prepare(request), Edit.load(folder / "edit.safetensors")
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_diffusers
+    from .runs import load_run
 
-    run, edit = _load_run(Path(args.run))
+    run, edit = load_run(Path(args.run))
     out = export_diffusers(run.adapter, edit, Path(args.out))
     print(f"unlearned model written to {out} (load it with the same code as the base: from_pretrained)", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -271,6 +272,30 @@ def settings_from_controls(method: str, controls: list[SettingControl], values: 
     """The selected method's settings from the generated controls' values."""
     return {c.name: v for c, v in zip(controls, values, strict=True) if c.method == method}
 
+
+
+def export_model(run_folder: str | None) -> tuple[str | None, str]:
+    """Write the last run's unlearned model as a full diffusers folder inside its run folder; return
+    (a zip of it for small models, a status line)."""
+    from .export import export_diffusers
+    from .runs import load_run
+
+    if not run_folder:
+        return None, "Run an unlearning first; the export is made from the finished run."
+    folder = Path(run_folder)
+    out = folder / "model"
+    try:
+        if not out.exists():
+            run, edit = load_run(folder)
+            export_diffusers(run.adapter, edit, out)
+    except UnlearningError as exc:
+        return None, f"**Could not export:** {exc}"
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    loader = "StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists() else "this app (as a local folder)"
+    if size > 200e6:
+        return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}."
+    archive = shutil.make_archive(str(out), "zip", root_dir=out)
+    return archive, f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
 
 
 # ---- the scaling tab ----------------------------------------------------------------------------
