@@ -122,6 +122,10 @@ def build_demo() -> gr.Blocks:
                             export_btn = gr.Button("Export the unlearned model (full diffusers folder)", scale=1)
                             export_status = gr.Markdown("")
                         export_file = gr.File(label="Unlearned model (zip of the diffusers folder)")
+                        with gr.Row():
+                            relearn_btn = gr.Button("Relearning test: fine-tune the unlearned model on benign data", scale=1)
+                            relearn_out = gr.Markdown("Does the concept come back when a user fine-tunes the unlearned model "
+                                                      "on other concepts? (ResAlign's test; paper settings, twin-tuned where measured)")
 
             with gr.Tab("Scaling: many concepts at once"):
                 gr.Markdown(ui.SCALING_INTRO)
@@ -196,6 +200,7 @@ def build_demo() -> gr.Blocks:
             finally:
                 cancel.set()  # a cancelled or closed event stops the method at its next step
 
+        relearn_btn.click(ui.relearn_test, folder_state, relearn_out, concurrency_id="gpu", api_visibility="private")
         export_btn.click(ui.export_model, folder_state, [export_file, export_status], api_visibility="private")
         scaling_btn.click(ui.scaling_stream, [scaling_counts, scaling_methods],
                           [scaling_forget, scaling_retain, scaling_table], concurrency_id="gpu", api_visibility="private")

@@ -172,3 +172,18 @@ def test_cli_end_to_end(tmp_path, tiny_model, capsys, profile_file):
     assert [r["model"] for r in saved["report"]["rows"]] == ["original", "after unlearning", "after fine-tune"]
     assert saved["settings"]["mode"] == "lora" and saved["benign"] == ["1", "7"]
     assert saved["report"]["seeds"] == json.loads((out / "run.json").read_text())["comparison"]["seeds"]
+
+
+def test_app_handler_runs_the_test_on_the_last_run(tmp_path, tiny_model, capsys, profile_file):
+    from unlearning import ui
+
+    out = tmp_path / "run"
+    args = ["run", "--model", str(tiny_model), "--forget", "3", "--preserve", "1,7", "--out", str(out),
+            "--set", "iterations=1", "--set", "ddim_steps=2", "--set", "batch_size=1", "--forget-samples", "2",
+            "--retain-samples", "1", "--steps", "2", "--device", "cpu"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert "Run an unlearning first" in next(ui.relearn_test(None))
+    messages = list(ui.relearn_test(str(out), {**TINY_RELEARN, "steps": 1}))
+    assert messages[0].startswith("Fine-tuning") and "| after fine-tune |" in messages[-1] and "Relearn gap" in messages[-1]
+    assert list(ui.relearn_test(str(tmp_path / "none")))[-1].startswith("**Could not run the relearning test:**")

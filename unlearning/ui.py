@@ -298,6 +298,42 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     return archive, f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
 
 
+def relearn_test(run_folder: str | None, overrides: dict | None = None) -> Iterator[str]:
+    """The relearning test on the last run (ResAlign's threat model): fine-tune the unlearned model on
+    benign data, then forget rate and retain accuracy of original / unlearned / fine-tuned, same seeds."""
+    from .attacks.relearn import relearn, relearn_report, relearn_settings
+    from .methods.base import RunContext
+    from .runs import load_run
+
+    if not run_folder:
+        yield "Run an unlearning first; the relearning test starts from the finished run."
+        return
+    try:
+        run, edit = load_run(Path(run_folder))
+        settings = relearn_settings(run.model_id, overrides)
+        yield (f"Fine-tuning the unlearned model on benign data ({settings.mode}, {settings.steps} steps, lr {settings.lr:g}) "
+               "the way a downstream user would…")
+        result = relearn(run.adapter, edit, run.task, settings, RunContext())
+        yield "Sampling original, unlearned and fine-tuned models on the run's seeds…"
+        r = run.request
+        report = relearn_report(run.adapter, run.task, edit, result.edit, r.forget_samples, r.seed, retain_samples=r.retain_samples,
+                                num_inference_steps=r.num_inference_steps, guidance_scale=r.guidance_scale)
+    except UnlearningError as exc:
+        yield f"**Could not run the relearning test:** {exc}"
+        return
+
+    def cell(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    lines = ["| model | forget rate ↓ | retain accuracy ↑ |", "|---|---:|---:|"]
+    lines += [f"| {row['model']} | {cell(row['forget_rate'])} | {cell(row['retain_accuracy'])} |" for row in report["rows"]]
+    gap = report["relearn_gap"]
+    lines += ["", f"**Relearn gap** (forget rate after the fine-tune − after unlearning): "
+              f"{'n/a' if gap is None else f'{100 * gap:+.1f} points'}; fine-tuned on {', '.join(result.benign)} "
+              f"({settings.mode}, {settings.steps} steps, {result.timings.get('relearn_s', 0):.1f} s), n = {report['n_forget']} forget samples."]
+    yield "\n".join(lines)
+
+
 # ---- the scaling tab ----------------------------------------------------------------------------
 
 SCALING_INTRO = """
