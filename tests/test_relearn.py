@@ -157,13 +157,19 @@ def test_cli_errors(tmp_path, tiny_model, capsys, profile_file):
     assert "edit" in last_error(capsys)
 
 
-def test_cli_end_to_end(tmp_path, tiny_model, capsys, profile_file):
+def tiny_run(tmp_path: Path, tiny_model: Path, capsys) -> Path:
+    """A finished one-step ESD run folder on the tiny model (forget 3, keep 1 and 7)."""
     out = tmp_path / "run"
     args = ["run", "--model", str(tiny_model), "--forget", "3", "--preserve", "1,7", "--out", str(out),
             "--set", "iterations=1", "--set", "ddim_steps=2", "--set", "batch_size=1", "--forget-samples", "2",
             "--retain-samples", "1", "--steps", "2", "--device", "cpu"]
     assert main(args) == 0
     capsys.readouterr()
+    return out
+
+
+def test_cli_end_to_end(tmp_path, tiny_model, capsys, profile_file):
+    out = tiny_run(tmp_path, tiny_model, capsys)
     sets = [x for k, v in {**TINY_RELEARN, "steps": 1, "mode": "lora"}.items() for x in ("--set", f"{k}={v}")]
     assert main(["relearn", "--run", str(out), *sets]) == 0
     printed = capsys.readouterr().out
@@ -177,12 +183,7 @@ def test_cli_end_to_end(tmp_path, tiny_model, capsys, profile_file):
 def test_app_handler_runs_the_test_on_the_last_run(tmp_path, tiny_model, capsys, profile_file):
     from unlearning import ui
 
-    out = tmp_path / "run"
-    args = ["run", "--model", str(tiny_model), "--forget", "3", "--preserve", "1,7", "--out", str(out),
-            "--set", "iterations=1", "--set", "ddim_steps=2", "--set", "batch_size=1", "--forget-samples", "2",
-            "--retain-samples", "1", "--steps", "2", "--device", "cpu"]
-    assert main(args) == 0
-    capsys.readouterr()
+    out = tiny_run(tmp_path, tiny_model, capsys)
     assert "Run an unlearning first" in next(ui.relearn_test(None))
     messages = list(ui.relearn_test(str(out), {**TINY_RELEARN, "steps": 1}))
     assert messages[0].startswith("Fine-tuning") and "| after fine-tune |" in messages[-1] and "Relearn gap" in messages[-1]

@@ -149,7 +149,7 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
                 }
         if judged:
             out[key] = entry
-    open_vocabulary = adapter.family == "stable-diffusion" and not getattr(adapter, "vocabulary", None)
+    open_vocabulary = adapter.scored_by_clip()
     if not judged:
         entry = {"unavailable": "this model has no evaluator that recognises these concepts"}
         if open_vocabulary:

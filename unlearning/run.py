@@ -24,7 +24,7 @@ from .edit import Edit
 from .errors import InputError, UnlearningError
 from .methods import MethodSpec, get_method
 from .methods.base import RunContext, StepReport, UnlearnTask
-from .models.base import FamilyAdapter
+from .models.base import SAMPLERS, FamilyAdapter
 from .models.catalog import load_adapter, resolve
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,6 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
         raise InputError(f"sampling steps must be between 1 and {limits.max_inference_steps}; got {steps}.")
     if request.guidance_scale is not None and not 0 <= request.guidance_scale <= 50:
         raise InputError(f"guidance scale must be between 0 and 50; got {request.guidance_scale}.")
-    from .models.base import SAMPLERS
-
     prompts = [adapter.validate_concept(p) for p in _concepts(request.prompts) if p] if request.prompts else []
     if adapter.family != "stable-diffusion" and prompts:
         raise InputError("extra prompts need a text-to-image model; this model only knows its classes.")

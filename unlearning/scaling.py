@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +79,7 @@ def measure(adapter, unet, forget: list[str], retain: list[str], cfg: ScalingCon
     }, r_images
 
 
-def run_scaling(cfg: ScalingConfig, on_row: Callable[[dict], None] | None = None) -> Iterator[dict]:
+def run_scaling(cfg: ScalingConfig) -> Iterator[dict]:
     """Yields one row per (method, count), the original model's row first (method "original")."""
     from .models.catalog import load_adapter
 
@@ -95,8 +95,6 @@ def run_scaling(cfg: ScalingConfig, on_row: Callable[[dict], None] | None = None
         row["evaluator_fid"] = M.evaluator_fid(adapter.evaluator, real, base_images) if real is not None else None
         row["ssim"] = 1.0
         base_rows[k] = (row, base_images)
-        if on_row:
-            on_row(row)
         yield row
     for method in cfg.methods:
         spec = get_method(method)
@@ -114,8 +112,6 @@ def run_scaling(cfg: ScalingConfig, on_row: Callable[[dict], None] | None = None
                        ssim=M.ssim(images, base_rows[k][1]),
                        evaluator_fid=M.evaluator_fid(adapter.evaluator, real, images) if real is not None else None)
             row["forget_rate_original"] = base_rows[k][0]["forget_rate"]
-            if on_row:
-                on_row(row)
             yield row
 
 

@@ -67,7 +67,7 @@ def concept_choices(model: str) -> list[str]:
     """Suggested concepts, read from the model folder without loading any weights (free text is allowed too)."""
     import json
 
-    from .models.base import read_twin
+    from .models.base import read_twin, vocabulary_words
 
     try:
         model_id, path, family = resolve(model)
@@ -78,8 +78,7 @@ def concept_choices(model: str) -> list[str]:
     if family == "class-conditional":
         meta = json.loads((path / "label_encoder" / "config.json").read_text())
         return list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
-    vocabulary = read_twin(path).get("vocabulary", {})
-    return [w for kind in ("objects", "attributes", "styles") for w in vocabulary.get(kind, [])]
+    return vocabulary_words(read_twin(path).get("vocabulary", {}))
 
 
 def model_markdown(model: str) -> str:

@@ -49,6 +49,11 @@ class SamplingDefaults:
                    guidance_scale=twin.get("guidance_scale", base.guidance_scale))
 
 
+def vocabulary_words(vocabulary: dict[str, list[str]]) -> list[str]:
+    """A twin.json vocabulary as one list: objects, then attributes, then styles."""
+    return [w for kind in ("objects", "attributes", "styles") for w in vocabulary.get(kind, [])]
+
+
 def read_twin(path: Path) -> dict:
     """A model folder's optional twin.json (sampling defaults, bundled dataset); {} when absent."""
     file = Path(path) / "twin.json"
@@ -97,6 +102,10 @@ class FamilyAdapter(ABC):
     def default_retain(self, forget: Sequence[str]) -> list[str]:
         """Concepts to keep when the user names none: every known concept not forgotten."""
         return [c for c in self.concepts() if c not in forget]
+
+    def scored_by_clip(self) -> bool:
+        """True where forget / retain recognition and the CLIP score need CLIP weights (open vocabulary)."""
+        return False
 
     @torch.no_grad()
     def recognises(self, targets: Sequence[str], images: torch.Tensor) -> torch.Tensor | None:

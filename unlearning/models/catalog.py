@@ -114,7 +114,8 @@ def hub_availability(repo: str) -> tuple[bool, str]:
 
 
 def _resolve_hub(repo: str) -> tuple[str, str, str]:
-    ok, why = hub_availability(repo)
+    cached = hub_cached(repo)
+    ok, why = (True, "") if cached else hub_availability(repo)
     if not ok:
         raise InputError(f"'{repo}' is {why}")
     from huggingface_hub import hf_hub_download
@@ -126,7 +127,7 @@ def _resolve_hub(repo: str) -> tuple[str, str, str]:
     )
 
     try:
-        index = hf_hub_download(repo, "model_index.json", local_files_only=hub_cached(repo))
+        index = hf_hub_download(repo, "model_index.json", local_files_only=cached)
     except RepositoryNotFoundError:
         raise InputError(f"'{repo}' does not exist on the hub (or is private); check the spelling.") from None
     except EntryNotFoundError:

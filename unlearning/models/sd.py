@@ -25,7 +25,7 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 
 from ..errors import InputError
-from .base import FamilyAdapter, SamplingDefaults, read_twin
+from .base import FamilyAdapter, SamplingDefaults, read_twin, vocabulary_words
 
 # Retained prompts for a model without a vocabulary: everyday subjects and styles (COCO-like).
 GENERIC_RETAIN = [
@@ -107,7 +107,7 @@ class StableDiffusionAdapter(FamilyAdapter):
     # ---- concepts and conditions ---------------------------------------------------------------
     def concepts(self) -> list[str]:
         """Suggested concepts: the twin's vocabulary (objects, then attributes, then styles); [] for real SD."""
-        return [w for kind in ("objects", "attributes", "styles") for w in self.vocabulary.get(kind, [])]
+        return vocabulary_words(self.vocabulary)
 
     def kind_of(self, concept: str) -> str | None:
         for kind, words in self.vocabulary.items():
@@ -178,6 +178,9 @@ class StableDiffusionAdapter(FamilyAdapter):
         return [w for k in ("objects", "attributes", "styles") if k in kinds for w in self.vocabulary.get(k, []) if w not in words]
 
     # ---- recognising concepts in images --------------------------------------------------------
+    def scored_by_clip(self) -> bool:
+        return not self.vocabulary and (self.evaluator is None or not self.evaluator.config.heads)
+
     @torch.no_grad()
     def recognises(self, targets: Sequence[str], images: torch.Tensor) -> torch.Tensor | None:
         """Whether each image shows its target (every vocabulary word of it the evaluator has a head
@@ -185,7 +188,7 @@ class StableDiffusionAdapter(FamilyAdapter):
         if self.evaluator is None or not self.evaluator.config.heads:
             from ..metrics.clip import clip_status, zero_shot_hits
 
-            if self.vocabulary or not clip_status().available:
+            if not self.scored_by_clip() or not clip_status().available:
                 return None
             return zero_shot_hits(images, targets, alternatives=GENERIC_ALTERNATIVES)
         heads = self.evaluator.head_classes()
