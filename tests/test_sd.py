@@ -295,3 +295,11 @@ def test_export_button_handler_writes_and_zips_the_model(sd, tmp_path):
     assert archive and archive.endswith(".zip") and (folder / "model" / "model_index.json").is_file()
     assert "StableDiffusionPipeline.from_pretrained" in status
     assert ui.export_model(str(tmp_path / "nothing"))[1].startswith("**Could not export:**")
+
+
+def test_form_defaults_follow_the_family(sd):
+    """The form pre-fills what the adapter would use: the twin's twin.json, SD's own 50 / 7.5 for a hub model."""
+    from unlearning import ui
+
+    assert ui.sampling_defaults("shapes-sd") == (sd.sampling.num_inference_steps, sd.sampling.guidance_scale)
+    assert ui.sampling_defaults("CompVis/stable-diffusion-v1-4") == (50, 7.5)

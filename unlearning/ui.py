@@ -101,10 +101,10 @@ def sampling_defaults(model: str) -> tuple[int, float]:
     from .models.base import SamplingDefaults, read_twin
 
     try:
-        _, path, _ = resolve(model)
-        defaults = SamplingDefaults.from_twin(read_twin(path))
+        _, path, family = resolve(model)
+        defaults = SamplingDefaults.from_twin(read_twin(path), family)
     except (UnlearningError, OSError, ValueError):
-        defaults = SamplingDefaults()
+        defaults = SamplingDefaults.from_twin({}, HUB_MODELS.get(model, ""))  # e.g. a hub model not reachable now
     return int(defaults.num_inference_steps), float(defaults.guidance_scale)
 
 

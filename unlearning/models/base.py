@@ -42,11 +42,15 @@ class SamplingDefaults:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_twin(cls, twin: dict) -> SamplingDefaults:
-        """The defaults a model folder's twin.json names, the class defaults for the rest."""
-        base = cls()
+    def from_twin(cls, twin: dict, family: str = "") -> SamplingDefaults:
+        """The defaults a model folder's twin.json names; the family's own defaults for the rest."""
+        base = cls(*FAMILY_SAMPLING.get(family, ()))
         return cls(num_inference_steps=twin.get("num_inference_steps", base.num_inference_steps),
                    guidance_scale=twin.get("guidance_scale", base.guidance_scale))
+
+
+# Sampling defaults of a family where they differ from the class defaults: (steps, guidance).
+FAMILY_SAMPLING = {"stable-diffusion": (50, 7.5)}  # StableDiffusionPipeline's own
 
 
 def vocabulary_words(vocabulary: dict[str, list[str]]) -> list[str]:

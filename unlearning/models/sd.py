@@ -65,11 +65,7 @@ class StableDiffusionAdapter(FamilyAdapter):
             for p in module.parameters():
                 p.requires_grad_(False)
         self.twin = read_twin(Path(path)) if Path(str(path)).is_dir() else {}
-        defaults = SamplingDefaults(num_inference_steps=50, guidance_scale=7.5)  # SD's own defaults
-        self.sampling = SamplingDefaults(
-            num_inference_steps=self.twin.get("num_inference_steps", defaults.num_inference_steps),
-            guidance_scale=self.twin.get("guidance_scale", defaults.guidance_scale),
-        )
+        self.sampling = SamplingDefaults.from_twin(self.twin, self.family)
         self.vocabulary: dict[str, list[str]] = self.twin.get("vocabulary", {})
         self.evaluator = None
         folder = Path(str(path))
