@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from unlearning import ui
+from unlearning import ui, ui_zero123
 from unlearning.config import get_profile
 from unlearning.devices import DEVICE_CHOICES
 from unlearning.methods import METHODS
@@ -143,6 +143,8 @@ def build_demo() -> gr.Blocks:
                                                        value=["scapre", "uce"], label="methods", scale=2,
                                                        info="ESD-x trains: minutes on a CPU")
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
+
+            ui_zero123.build_tab()
 
             with gr.Tab("Methods and metrics"):
                 gr.Markdown(methods_markdown())

@@ -196,3 +196,32 @@ def test_scaling_tab_shows_the_stored_curve(page, artifacts_dir):
     shot.unlink(missing_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_zero123_tab_runs_and_shows_the_multi_view_grid(page, artifacts_dir):
+    """shapes-3d, forget blue pyramid -> blue cube, one epoch without the plain comparison; a tile click fills
+    the slider; a bad input (forget = override) shows a message instead of crashing."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Zero123: novel views").click()
+    page.get_by_text("settings: timestep skipping and training").click()
+    set_number(page, "epochs", 1)
+    page.get_by_label("also run without skipping (measures the speedup; doubles the time)").uncheck()
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.get_by_text("Done: forget views", exact=False)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(page.get_by_role("gridcell").filter(has_text="override (blue cube)").first).to_be_visible()
+    expect(page.get_by_text("Measured speedup", exact=False)).to_have_count(0)  # not measured: the plain run was off
+    tiles = page.locator("[data-testid='gallery'] button.thumbnail-item, .grid-wrap button")
+    expect(tiles.first).to_be_visible()
+    assert tiles.count() >= 2 * 9
+    tiles.nth(3).click()
+    expect(error_toasts(page)).to_have_count(0)
+    page.wait_for_timeout(800)
+    shot = artifacts_dir / "zero123_tab.png"
+    shot.unlink(missing_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.is_file() and shot.stat().st_size > 50_000
+
+    pick(page, "override object (drawn instead)", "blue pyramid")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.get_by_text("the override is the same as the forget object", exact=False).first).to_be_visible()

@@ -77,6 +77,9 @@ def family_of_index(meta: dict, where: str) -> str:
     family = meta.get("_unlearning_family") or PIPELINE_FAMILIES.get(meta.get("_class_name", ""))
     if family in FAMILY_LOADERS:
         return family
+    if "cc_projection" in meta:
+        raise InputError(f"'{where}' is a Zero123 (novel-view) model: use the Zero123 tab, or "
+                         f"`python -m unlearning zero123 --model {where}`.")
     raise InputError(
         f"'{where}' holds a {meta.get('_class_name', 'unknown')} model, which this version cannot load; "
         f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x, or a folder of the same layout."
