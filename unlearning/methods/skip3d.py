@@ -267,8 +267,8 @@ def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx:
     inputs = [task.forget, *task.remain]
     embeds, latents = model.encode_images(torch.cat([*inputs, task.override]))
     pose = pose_vector(0.0, azimuths)
-    conds = [model.condition(embeds[i : i + 1].float(), latents[i : i + 1].float(), pose) for i in range(len(inputs))]
-    override = model.condition(embeds[-1:].float(), latents[-1:].float(), pose)
+    conds = [model.condition(embeds[i : i + 1], latents[i : i + 1], pose) for i in range(len(inputs))]
+    override = model.condition(embeds[-1:], latents[-1:], pose)
     # rows: input-major (forget views first), the same azimuth order for every input
     cond_all = Condition.cat(conds)
     teacher_cond = Condition.cat([override, *conds[1:]])

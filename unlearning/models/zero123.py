@@ -184,9 +184,11 @@ class Zero123:
         """Condition for each (image, pose) row; ``embeds``/``latents`` broadcast over poses when they have one row."""
         n = max(len(embeds), len(pose))
         embeds, latents = embeds.expand(n, -1), latents.expand(n, -1, -1, -1)
-        pose = pose.to(embeds.device, embeds.dtype).expand(n, -1)
-        token = (cc_projection or self.cc_projection)(torch.cat([embeds, pose], -1))[:, None]
-        return Condition(token, latents)
+        proj = cc_projection or self.cc_projection
+        dtype = next(proj.parameters()).dtype
+        pose = pose.to(embeds.device).expand(n, -1)
+        token = proj(torch.cat([embeds, pose], -1).to(dtype))[:, None]
+        return Condition(token.float(), latents.float())  # float32 conditions; callers cast to their UNet's dtype
 
     # ---- denoising ----
     def eps(self, unet: UNet2DConditionModel, x: torch.Tensor, t, cond: Condition, guidance: float) -> torch.Tensor:
