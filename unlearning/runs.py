@@ -161,15 +161,34 @@ def new_run_folder(root: Path, model: str, method: str) -> Path:
     return Path(root) / f"{stamp}-{safe_model}-{method}-{uuid.uuid4().hex[:6]}"
 
 
-def prune_runs(root: Path, keep: int) -> None:
-    """Delete the oldest run folders (and their zips) beyond ``keep``."""
+def prune_runs(root: Path, keep: int, max_bytes: int | None = None) -> list[Path]:
+    """Delete the oldest run folders (and their zips) beyond ``keep`` folders or ``max_bytes`` in all;
+    the newest run is always kept. Returns the deleted folders."""
     root = Path(root)
     if not root.is_dir():
-        return
+        return []
     runs = sorted((p for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()), key=lambda p: p.stat().st_mtime)
-    for old in runs[: max(0, len(runs) - keep)]:
+    doomed = runs[: max(0, len(runs) - keep)]
+    if max_bytes is not None:
+        kept = runs[len(doomed):]
+        sizes = [_run_bytes(p) for p in kept]
+        total = sum(sizes)
+        for folder, size in zip(kept[:-1], sizes[:-1], strict=True):  # oldest first; never the newest
+            if total <= max_bytes:
+                break
+            doomed.append(folder)
+            total -= size
+    for old in doomed:
         shutil.rmtree(old, ignore_errors=True)
         old.with_suffix(".zip").unlink(missing_ok=True)
+    return doomed
+
+
+def _run_bytes(folder: Path) -> int:
+    """Bytes of a run folder and its zip."""
+    zipped = folder.with_suffix(".zip")
+    files = [f for f in folder.rglob("*") if f.is_file()] + ([zipped] if zipped.is_file() else [])
+    return sum(f.stat().st_size for f in files)
 
 
 def read_request(folder: Path):

@@ -243,7 +243,7 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
                     fr = m.get("forget_rate", {})
                     summary = (f"forget rate {fr['original']:.2f} → {fr['unlearned']:.2f}" if "original" in fr else "")
                     out.status = f"{head}  \n**Done.** {summary}.{closed} Run folder: `{event.folder}`"
-                    prune_runs(profile.runs.dir, profile.runs.keep)
+                    prune_runs(profile.runs.dir, profile.runs.keep, profile.runs.max_bytes)
                 yield out
     except UnlearningError as exc:
         yield Outputs(status=f"**Could not run:** {exc}")
