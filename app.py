@@ -16,6 +16,7 @@ from unlearning.config import get_profile
 from unlearning.devices import DEVICE_CHOICES
 from unlearning.methods import METHODS
 from unlearning.report import METRIC_HEADERS
+from unlearning.ui_runs import build_runs_tab
 from unlearning.zerogpu import on_gpu, request_duration, zero_gpu_active
 
 DEFAULT_MODEL = "digits"
@@ -154,6 +155,8 @@ def build_demo() -> gr.Blocks:
                                                        value=["scapre", "uce"], label="methods", scale=2,
                                                        info="ESD-x trains: minutes on a CPU")
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
+
+            build_runs_tab()  # earlier runs: reopen one, compare two (unlearning/ui_runs.py)
 
             with gr.Tab("Methods and metrics"):
                 gr.Markdown(methods_markdown())
