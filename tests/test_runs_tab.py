@@ -61,3 +61,19 @@ def test_default_root_is_the_profiles(monkeypatch, runs_root):
     monkeypatch.setattr(ui_runs, "get_profile", lambda: profile)
     assert ui_runs.runs_table()[1] == ["b-run", "a-run"]
     assert get_profile() is not profile  # the process's profile itself is untouched
+
+
+def test_export_from_the_tab_and_push_refused_by_the_profile(runs_root):
+    import zipfile
+
+    archive, status = ui_runs.export_run("a-run", runs_root)
+    assert archive and archive.endswith("export.zip"), status
+    with zipfile.ZipFile(archive) as zf:
+        names = set(zf.namelist())
+    assert {"README.md", "delta.safetensors", "run.json", "model/model_index.json"} <= names, sorted(names)
+    assert "no LoRA" in status and "Stable Diffusion" in status  # a class-conditional twin: said, not silently skipped
+    assert ui_runs.export_run("a-run", runs_root)[0] == archive  # the second click reuses the export
+    assert ui_runs.export_run("nope", runs_root)[1].startswith("**Could not export:**")
+    assert get_profile().hub_export is False  # the repo's profile
+    assert "disabled on this instance" in ui_runs.push_run("a-run", "me/model", runs_root)
+    assert "export the run first" in ui_runs.push_run("b-run", "me/model", runs_root)

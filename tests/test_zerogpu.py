@@ -96,3 +96,33 @@ def test_with_spaces_the_duration_callable_sees_the_request(monkeypatch):
     assert seen["duration"] == 77
     assert zerogpu.zero_gpu_active() is True
     assert dataclasses.is_dataclass(request)  # plain CPU data crosses the boundary
+
+
+def test_what_crosses_the_gpu_boundary_is_picklable_cpu_data():
+    """ZeroGPU runs the decorated function in a worker process and pickles what it yields back: every update
+    of a real (tiny) run must pickle, and hold no torch tensor (a CUDA tensor there would fail or leak)."""
+    import pickle
+
+    import torch
+
+    from unlearning import ui
+
+    def tensors(value) -> list:
+        if isinstance(value, torch.Tensor):
+            return [value]
+        if isinstance(value, dict):
+            return [t for v in value.values() for t in tensors(v)]
+        if isinstance(value, list | tuple):
+            return [t for v in value for t in tensors(v)]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return [t for f in dataclasses.fields(value) for t in tensors(getattr(value, f.name))]
+        return []
+
+    request = esd(settings={"iterations": 2, "ddim_steps": 2, "batch_size": 1}, forget_samples=1, num_inference_steps=2,
+                  device="cpu")
+    pickle.loads(pickle.dumps(request))  # the arguments cross too
+    updates = list(ui.run_stream(request))
+    assert "Done" in updates[-1].status, updates[-1].status
+    for update in updates:
+        assert not tensors(update), f"a tensor in {update}"
+        pickle.loads(pickle.dumps(update))

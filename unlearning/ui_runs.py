@@ -126,6 +126,50 @@ def compare_view(name_a: str | None, name_b: str | None, root: Path | None = Non
     return f"**A** `{name_a}` vs **B** `{name_b}`{note}", views[0], views[1], table
 
 
+ZIP_LIMIT_BYTES = 200_000_000  # larger bundles (real SD: gigabytes) stay on disk, not offered as a download
+
+
+def export_run(name: str | None, root: Path | None = None) -> tuple[str | None, str]:
+    """Export one listed run as a bundle (model/, delta, LoRA where possible, model card) inside its folder;
+    returns (a zip of it when small enough, a status line)."""
+    import shutil
+
+    from .export import export_bundle
+
+    try:
+        summary = find_run(name, root)
+        folder = (Path(root) if root is not None else get_profile().runs.dir) / summary.name
+        out = folder / "export"
+        notes = ["already exported."]
+        if not (out / "README.md").is_file():
+            out, notes = export_bundle(folder, out)
+    except InputError as exc:
+        return None, f"**Could not export:** {exc}"
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    where = f"Written to `{out}` ({size / 1e6:.1f} MB): model/, delta.safetensors, README.md, run.json. {' '.join(notes)}"
+    if size > ZIP_LIMIT_BYTES:
+        return None, where + " Too large to download here."
+    archive = folder / "export.zip"
+    if not archive.is_file():
+        archive = Path(shutil.make_archive(str(folder / ".export-partial"), "zip", root_dir=out)).replace(archive)
+    return str(archive), where
+
+
+def push_run(name: str | None, repo_id: str, root: Path | None = None) -> str:
+    """Push a run's exported bundle to the Hub (only where the hosted profile allows it)."""
+    from .export import push_to_hub
+
+    try:
+        summary = find_run(name, root)
+        out = (Path(root) if root is not None else get_profile().runs.dir) / summary.name / "export"
+        if not out.is_dir():
+            raise InputError("export the run first (the button above), then push it.")
+        url = push_to_hub(out, (repo_id or "").strip(), allowed=get_profile().hub_export)
+    except InputError as exc:
+        return f"**Could not push:** {exc}"
+    return f"Pushed to {url}"
+
+
 def build_runs_tab() -> None:
     """The tab's layout and wiring; call inside ``gr.Tabs()``."""
     import gradio as gr
@@ -143,6 +187,15 @@ def build_runs_tab() -> None:
             forget = gr.Image(label="forgotten concept: original above, unlearned below", format="png", interactive=False)
             retain = gr.Image(label="retained concepts: original above, unlearned below", format="png", interactive=False)
         metrics = gr.Dataframe(headers=METRIC_HEADERS, interactive=False, wrap=True, label="Metrics of this run")
+        with gr.Row():
+            export_btn = gr.Button("Export this run: full model, delta, LoRA (Stable Diffusion), model card", scale=2)
+            export_file = gr.File(label="exported bundle (zip)", scale=2)
+        export_status = gr.Markdown("")
+        hub_allowed = get_profile().hub_export
+        with gr.Row(visible=hub_allowed):
+            repo = gr.Textbox(label="Hub repo (owner/name)", placeholder="you/model-without-star", scale=3,
+                              info="uses the HF_TOKEN of the machine running the app")
+            push_btn = gr.Button("Push the export to the Hugging Face Hub", scale=1)
         gr.Markdown("### Compare two runs side by side")
         with gr.Row():
             pick_a = gr.Dropdown(names, value=names[0] if names else None, label="run A")
@@ -169,6 +222,8 @@ def build_runs_tab() -> None:
         status, va, vb, rows = compare_view(a, b)
         return status, *va, *vb, rows
 
+    export_btn.click(export_run, pick, [export_file, export_status], api_name="runs_export")
+    push_btn.click(push_run, [pick, repo], export_status, api_visibility="public" if hub_allowed else "private")
     refresh.click(on_refresh, None, [table, pick, pick_a, pick_b], api_name="runs_list")
     pick.change(run_view, pick, [summary, forget, retain, metrics], api_name="runs_open")
     compare_btn.click(on_compare, [pick_a, pick_b], [compare_status, a_text, a_forget, a_retain, b_text, b_forget, b_retain,
