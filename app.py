@@ -259,7 +259,9 @@ def main() -> None:
     profile = get_profile()
     demo = build_demo()
     demo.queue(max_size=profile.queue.max_size, default_concurrency_limit=profile.queue.concurrency)
-    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, css=CSS)
+    # Gradio refuses larger uploads itself; unlearning.images.load_upload checks pixels, format and mode
+    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, css=CSS,
+                max_file_size=profile.limits.max_upload_bytes)
 
 
 if __name__ == "__main__":
