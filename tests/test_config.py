@@ -255,3 +255,19 @@ def test_retention_by_bytes_deletes_oldest_first_and_keeps_the_newest(tmp_path):
     assert [f.exists() for f in folders] == [False, False, True, True]
     assert prune_runs(tmp_path, keep=10, max_bytes=1) == [folders[2]]  # the newest survives any cap
     assert folders[3].exists()
+
+
+def test_space_readme_front_matter_matches_the_repository():
+    import yaml
+
+    text = (REPO_FILE.parent / "docs" / "space" / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    pins = dict(line.split("==") for line in (REPO_FILE.parent / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.lstrip().startswith("#"))
+    assert front["sdk"] == "gradio" and front["sdk_version"] == pins["gradio"].strip()
+    assert (REPO_FILE.parent / front["app_file"]).is_file()
+    assert isinstance(front["python_version"], str) and front["python_version"].startswith("3.")
+    assert {"suggested_hardware", "license", "models"} <= set(front)
+    hub_models = {m for m in load_profile(ZEROGPU_FILE).models if "/" in m}
+    assert hub_models <= set(front["models"]), "the ZeroGPU profile offers a model the Space card does not list"
