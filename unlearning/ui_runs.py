@@ -184,8 +184,9 @@ def build_runs_tab() -> None:
         table = gr.Dataframe(rows, headers=RUN_HEADERS, interactive=False, wrap=True, max_height=300)
         summary = gr.Markdown("")
         with gr.Row():
-            forget = gr.Image(label="forgotten concept: original above, unlearned below", format="png", interactive=False)
-            retain = gr.Image(label="retained concepts: original above, unlearned below", format="png", interactive=False)
+            # labels unlike the Unlearn tab's, so a page search by label finds one image
+            forget = gr.Image(label="this run: forgotten concept (original | unlearned rows)", format="png", interactive=False)
+            retain = gr.Image(label="this run: retained concepts (original | unlearned rows)", format="png", interactive=False)
         metrics = gr.Dataframe(headers=METRIC_HEADERS, interactive=False, wrap=True, label="Metrics of this run")
         with gr.Row():
             export_btn = gr.Button("Export this run: full model, delta, LoRA (Stable Diffusion), model card", scale=2)
