@@ -211,8 +211,8 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
         front.append(f"base_model: {base}")
     front.append("---")
     lines = [*front, "", f"# {request.get('model', 'model')} without {', '.join(card.get('task', {}).get('forget', []))}", "",
-             f"Made with **{method.get('label', method.get('name', ''))}** ({method.get('citation', '')}) by "
-             "[unlearning-lab](https://github.com/). Base model: `" + str(base) + "`.", "",
+             f"Made with **{method.get('label', method.get('name', ''))}** ({method.get('citation', '')}) "
+             "with unlearning-lab. Base model: `" + str(base) + "`.", "",
              "## Files", "",
              "- `model/`: the full diffusers folder of the unlearned model (`from_pretrained`).",
              "- `delta.safetensors`: new - base of the changed parameters.",

@@ -42,6 +42,10 @@ class RunSummary:
                 "" if unlearn_s is None else f"{unlearn_s:.1f}"]
 
 
+def _root(root: Path | None) -> Path:
+    return Path(root) if root is not None else get_profile().runs.dir
+
+
 def _read(folder: Path) -> RunSummary | None:
     try:
         card = json.loads((folder / "run.json").read_text())
@@ -55,7 +59,7 @@ def _read(folder: Path) -> RunSummary | None:
 
 def list_runs(root: Path | None = None) -> list[RunSummary]:
     """Finished runs under ``root`` (default: the profile's runs.dir), newest first."""
-    root = Path(root) if root is not None else get_profile().runs.dir
+    root = _root(root)
     if not root.is_dir():
         return []
     folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "run.json").is_file()]
@@ -86,7 +90,7 @@ def run_view(name: str | None, root: Path | None = None) -> tuple[str, str | Non
         summary = find_run(name, root)
     except InputError as exc:
         return f"**Could not open:** {exc}", None, None, []
-    card, folder = summary.card, (Path(root) if root is not None else get_profile().runs.dir) / summary.name
+    card, folder = summary.card, _root(root) / summary.name
     settings = ", ".join(f"{k}={v}" for k, v in card.get("settings", {}).items())
     seeds = card.get("comparison", {})
     text = (f"**{card.get('method', {}).get('label', '')}** on **{card.get('request', {}).get('model', '')}**, forgetting "
@@ -138,7 +142,7 @@ def export_run(name: str | None, root: Path | None = None) -> tuple[str | None, 
 
     try:
         summary = find_run(name, root)
-        folder = (Path(root) if root is not None else get_profile().runs.dir) / summary.name
+        folder = _root(root) / summary.name
         out = folder / "export"
         notes = ["already exported."]
         if not (out / "README.md").is_file():
@@ -161,7 +165,7 @@ def push_run(name: str | None, repo_id: str, root: Path | None = None) -> str:
 
     try:
         summary = find_run(name, root)
-        out = (Path(root) if root is not None else get_profile().runs.dir) / summary.name / "export"
+        out = _root(root) / summary.name / "export"
         if not out.is_dir():
             raise InputError("export the run first (the button above), then push it.")
         url = push_to_hub(out, (repo_id or "").strip(), allowed=get_profile().hub_export)
