@@ -48,7 +48,7 @@ def read_zip(path: str) -> tuple[dict, dict[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def load_results(artifacts_dir):
-    base = load_adapter("digits", "cpu")  # the app's "auto" device on this machine: the cached instance it uses
+    base = load_adapter("digits", "auto")  # the device the requests ask for: the cached instance the app uses
     before = model_hash(base.unet)
     # seeds repeat (0..3 twice) with different iterations, so pairs of users share originals but not edits
     plans = [{"seed": i % 4, "iterations": 1 + i // 4} for i in range(CLIENTS)]
