@@ -126,3 +126,18 @@ def test_what_crosses_the_gpu_boundary_is_picklable_cpu_data():
     for update in updates:
         assert not tensors(update), f"a tensor in {update}"
         pickle.loads(pickle.dumps(update))
+
+
+def test_the_zerogpu_profile_offers_closed_form_methods_and_its_hub_models(monkeypatch):
+    from pathlib import Path
+
+    from unlearning import ui
+    from unlearning.config import load_profile
+
+    profile = load_profile(Path(__file__).resolve().parents[1] / "spaces_config.zerogpu.yaml")
+    monkeypatch.setattr(ui, "get_profile", lambda: profile)
+    monkeypatch.setattr(ui, "hub_availability", lambda repo: (False, "offline"))  # no network probe in a test
+    methods = [v for _, v in ui.method_choices()]
+    assert set(methods) == {"uce", "scapre"} and profile.default_method in methods  # what app.py opens on
+    models = [v for _, v in ui.model_choices()]
+    assert models[:2] == ["digits", "shapes-sd"] and "CompVis/stable-diffusion-v1-4" in models
