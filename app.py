@@ -16,12 +16,18 @@ from unlearning.config import get_profile
 from unlearning.devices import DEVICE_CHOICES
 from unlearning.methods import METHODS
 from unlearning.report import METRIC_HEADERS
+from unlearning.ui_runs import build_runs_tab
+from unlearning.zerogpu import on_gpu, request_duration, zero_gpu_active
 
 DEFAULT_MODEL = "digits"
 DEFAULT_METHOD = "esd"
 DEFAULT_FORGET = "3"
 # Tiny images are upscaled by the browser: keep the pixels crisp instead of blurring them.
 CSS = "img { image-rendering: pixelated; }"
+
+# The GPU work of one request. On a ZeroGPU Space this is `spaces.GPU(duration=<estimate from the
+# request>)`; elsewhere (no `spaces` package) it is ui.run_stream itself. Decorated at import, as ZeroGPU requires.
+run_stream = on_gpu(request_duration)(ui.run_stream)
 
 
 def build_demo() -> gr.Blocks:
@@ -30,7 +36,13 @@ def build_demo() -> gr.Blocks:
     model0 = DEFAULT_MODEL if any(v == DEFAULT_MODEL for _, v in models) else models[0][1]
     concepts = ui.concept_choices(model0)
     methods = ui.method_choices()
-    method0 = DEFAULT_METHOD if any(v == DEFAULT_METHOD for _, v in methods) else methods[0][1]
+    if profile.default_method and not any(v == profile.default_method for _, v in methods):
+        from unlearning.errors import InputError
+
+        raise InputError(f"{profile.source or 'profile'}: 'default_method' is '{profile.default_method}', which is not an "
+                         f"offered method ({', '.join(v for _, v in methods)}).")
+    wanted = profile.default_method or DEFAULT_METHOD  # a hosted GPU profile opens on a closed-form method
+    method0 = wanted if any(v == wanted for _, v in methods) else methods[0][1]
     controls = ui.setting_controls(model0)
     steps0, guidance0 = ui.sampling_defaults(model0)
 
@@ -144,7 +156,9 @@ def build_demo() -> gr.Blocks:
                                                        info="ESD-x trains: minutes on a CPU")
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
 
-            ui_zero123.build_tab()
+            ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui_zero123.py)
+
+            build_runs_tab()  # earlier runs: reopen one, compare two (unlearning/ui_runs.py)
 
             with gr.Tab("Methods and metrics"):
                 gr.Markdown(methods_markdown())
@@ -182,7 +196,10 @@ def build_demo() -> gr.Blocks:
                 yield {status: f"**Could not run:** {exc}"}
                 return
             try:
-                for out in ui.run_stream(request, cancel=cancel, progress=progress):
+                # ZeroGPU runs the function in a worker process: hand it only picklable CPU values
+                stream = run_stream(request, progress=progress) if zero_gpu_active() else run_stream(request, cancel=cancel,
+                                                                                                     progress=progress)
+                for out in stream:
                     update = {}
                     if out.loss is not None:  # None clears the plot: an empty frame would break its colour scale
                         update[loss_plot] = None if out.loss.empty else out.loss
@@ -244,7 +261,9 @@ def main() -> None:
     profile = get_profile()
     demo = build_demo()
     demo.queue(max_size=profile.queue.max_size, default_concurrency_limit=profile.queue.concurrency)
-    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, css=CSS)
+    # Gradio refuses larger uploads itself; unlearning.images.load_upload checks pixels, format and mode
+    demo.launch(share=args.share, server_name=args.server_name, server_port=args.port, css=CSS,
+                max_file_size=profile.limits.max_upload_bytes)
 
 
 if __name__ == "__main__":

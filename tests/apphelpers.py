@@ -38,12 +38,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def launched_app() -> Iterator[str]:
-    """The app as ``python app.py`` builds it, served on a free local port; yields its URL."""
+def launched_app(**queue: Any) -> Iterator[str]:
+    """The app as ``python app.py`` builds it, served on a free local port; yields its URL.
+    ``queue``: arguments of ``demo.queue`` (e.g. max_size, default_concurrency_limit)."""
     import app
 
     demo = app.build_demo()
-    demo.queue()
+    demo.queue(**queue)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, css=app.CSS)
     try:

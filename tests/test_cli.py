@@ -178,6 +178,11 @@ def test_a_tiny_run_writes_the_run_folder(tiny_model, tmp_path, profile_file, ca
     assert edit and all(torch.equal(unet[n], v) for n, v in edit.items())
     assert main(["export", "--run", str(out), "--out", str(exported)]) == 2  # never overwrites
     assert_one_error_line(capsys.readouterr().err, "not an empty folder")
+    # the delta and the LoRA: a class-conditional model has no LoRA form, and says so
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "d.safetensors"), "--format", "delta"]) == 0
+    assert (tmp_path / "d.safetensors").is_file()
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "l.safetensors"), "--format", "lora"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "for Stable Diffusion models")
 
     # a second run into the same folder replaces the first (it holds a run.json)
     assert main(run_args(tiny_model, out, *keep, "--set", "iterations=1")) == 0
@@ -211,6 +216,8 @@ def test_an_unknown_subcommand_is_a_usage_error(capsys):
     ("argv", "fragment"),
     [
         (["export", "--run", "/nonexistent/run", "--out", "/tmp/x"], "no run folder at '/nonexistent/run'"),
+        (["export", "--run", "/nonexistent/run", "--out", "/tmp/x", "--format", "delta", "--push-to-hub", "me/x"],
+         "use it with --format bundle"),
         (["bench", "scaling", "--counts", "0,2"], "--counts must be between 1 and 32"),
         (["bench", "scaling", "--counts", "a,b"], "--counts takes whole numbers"),
     ],

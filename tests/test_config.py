@@ -98,7 +98,7 @@ def test_unknown_top_level_key_is_named(tmp_path):
         load_profile(path)
     message = str(caught.value)
     assert "unknown key 'limitz'" in message
-    assert "valid: models, methods, limits, queue, runs, gpu_duration, hub_export" in message
+    assert "valid: models, methods, default_method, limits, queue, runs, gpu_duration, zerogpu, hub_export" in message
     assert "source" not in message  # not a YAML key
     assert str(path) in message
 
@@ -191,3 +191,83 @@ def test_a_named_file_that_is_missing_is_an_error(tmp_path, monkeypatch):
 def test_profile_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         HostProfile().limits.max_iterations = 1  # type: ignore[misc]
+
+
+# ---- the hosted-profile keys added for Spaces: retention bytes, ZeroGPU, default method -----------------
+
+ZEROGPU_FILE = REPO_FILE.with_name("spaces_config.zerogpu.yaml")
+
+
+def test_zerogpu_profile_loads_and_defaults_to_a_closed_form_method():
+    from unlearning.methods import METHODS
+
+    profile = load_profile(ZEROGPU_FILE)
+    assert profile.default_method in ("uce", "scapre")
+    assert set(profile.methods) <= {"uce", "scapre"}, "only closed-form methods fit ZeroGPU's short windows"
+    assert set(profile.methods) <= set(METHODS)
+    assert set(profile.gpu_duration) <= set(METHODS)
+    assert profile.zerogpu.max_duration <= 300
+
+
+def test_new_keys_are_read(tmp_path):
+    profile = load_profile(write(tmp_path, "methods: [uce, esd]\ndefault_method: uce\nruns:\n  max_bytes: 1000\n"
+                                           "zerogpu:\n  max_duration: 60\n  margin: 2\n  sample_step_s: 0.01\n"))
+    assert profile.default_method == "uce"
+    assert profile.runs.max_bytes == 1000
+    assert (profile.zerogpu.max_duration, profile.zerogpu.margin, profile.zerogpu.sample_step_s) == (60.0, 2.0, 0.01)
+    assert profile.zerogpu.overhead_s == HostProfile().zerogpu.overhead_s  # unspecified: the default
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("zerogpu:\n  max_duraton: 60\n", "zerogpu.max_duraton", "did you mean 'max_duration'"),
+        ("zerogpu:\n  margin: 0.5\n", "zerogpu.margin", ">= 1"),
+        ("zerogpu:\n  sample_step_s: -1\n", "zerogpu.sample_step_s", "positive number of seconds"),
+        ("runs:\n  max_bytes: 0\n", "runs.max_bytes", "positive integer"),
+        ("default_method: 3\n", "default_method", "method name"),
+        ("methods: [esd]\ndefault_method: uce\n", "default_method", "which 'methods' does not allow"),
+    ],
+)
+def test_bad_new_keys_are_named(tmp_path, text, key, expected):
+    with pytest.raises(InputError) as info:
+        load_profile(write(tmp_path, text))
+    assert f"'{key}'" in str(info.value) and expected in str(info.value), str(info.value)
+
+
+def test_retention_by_bytes_deletes_oldest_first_and_keeps_the_newest(tmp_path):
+    import os
+
+    from unlearning.runs import prune_runs
+
+    folders = []
+    for i in range(4):
+        folder = tmp_path / f"run{i}"
+        folder.mkdir()
+        (folder / "run.json").write_text("{}")
+        (folder / "edit.safetensors").write_bytes(b"x" * 1000)
+        os.utime(folder, (1000 + i, 1000 + i))
+        folders.append(folder)
+    (tmp_path / "run1.zip").write_bytes(b"z" * 10)
+    deleted = prune_runs(tmp_path, keep=10, max_bytes=2100)  # each run ~1002 bytes: two fit
+    assert deleted == folders[:2]
+    assert not (tmp_path / "run1.zip").exists()
+    assert [f.exists() for f in folders] == [False, False, True, True]
+    assert prune_runs(tmp_path, keep=10, max_bytes=1) == [folders[2]]  # the newest survives any cap
+    assert folders[3].exists()
+
+
+def test_space_readme_front_matter_matches_the_repository():
+    import yaml
+
+    text = (REPO_FILE.parent / "docs" / "space" / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    pins = dict(line.split("==") for line in (REPO_FILE.parent / "requirements.txt").read_text().splitlines()
+                if "==" in line and not line.lstrip().startswith("#"))
+    assert front["sdk"] == "gradio" and front["sdk_version"] == pins["gradio"].strip()
+    assert (REPO_FILE.parent / front["app_file"]).is_file()
+    assert isinstance(front["python_version"], str) and front["python_version"].startswith("3.")
+    assert {"suggested_hardware", "license", "models"} <= set(front)
+    hub_models = {m for m in load_profile(ZEROGPU_FILE).models if "/" in m}
+    assert hub_models <= set(front["models"]), "the ZeroGPU profile offers a model the Space card does not list"

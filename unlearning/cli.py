@@ -3,6 +3,8 @@
     python -m unlearning run --model digits --method esd --forget 3 --out DIR [--set key=value ...]
     python -m unlearning relearn --run DIR [--set key=value ...]
     python -m unlearning export --run DIR --out MODEL_DIR      (full diffusers folder of the unlearned model)
+    python -m unlearning export --run DIR --out FILE --format delta|lora [--rank N]
+    python -m unlearning export --run DIR --out DIR --format bundle [--push-to-hub owner/name]
     python -m unlearning bench scaling [--counts 1,2,4,8,16] [--methods scapre,uce,esd]
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
     python -m unlearning methods [--model digits]
@@ -68,8 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_relearn(args: argparse.Namespace) -> int:
     """The relearning test on a finished run folder: benign fine-tune, then three forget rates."""
     import dataclasses
-    import os
 
+    from .atomic import write_text_atomic
     from .attacks.relearn import format_table, relearn, relearn_report, relearn_settings
     from .config import get_profile
     from .edit import Edit
@@ -104,21 +106,38 @@ def cmd_relearn(args: argparse.Namespace) -> int:
     out = {"run": str(folder), "method": run.spec.name, "forget": run.task.forget, "benign": result.benign,
            "settings": dataclasses.asdict(settings), "report": report, "loss_log": result.loss_log,
            "timings": result.timings}
-    tmp = folder / ".relearn.json.tmp"
-    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
-    os.replace(tmp, folder / "relearn.json")
+    write_text_atomic(folder / "relearn.json", json.dumps(out, indent=2, default=str) + "\n")
     print(format_table(report))
     print(f"written to {folder / 'relearn.json'}", file=sys.stderr)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_diffusers
+    from . import export
+    from .config import get_profile
     from .runs import load_run
 
+    if args.push_to_hub and args.format != "bundle":
+        from .errors import InputError
+
+        raise InputError("--push-to-hub uploads a folder: use it with --format bundle.")
+    if args.format == "bundle":
+        out, notes = export.export_bundle(Path(args.run), Path(args.out), rank=args.rank)
+        print(f"model/, delta.safetensors, README.md, run.json written to {out}; " + " ".join(notes), file=sys.stderr)
+        if args.push_to_hub:
+            url = export.push_to_hub(out, args.push_to_hub, allowed=get_profile().hub_export)
+            print(f"pushed to {url}", file=sys.stderr)
+        return 0
     run, edit = load_run(Path(args.run))
-    out = export_diffusers(run.adapter, edit, Path(args.out))
-    print(f"unlearned model written to {out} (load it with the same code as the base: from_pretrained)", file=sys.stderr)
+    if args.format == "delta":
+        out = export.export_delta(run.adapter, edit, Path(args.out))
+        print(f"delta (new - base of {len(edit.params)} changed tensors) written to {out}", file=sys.stderr)
+    elif args.format == "lora":
+        report = export.export_lora(run.adapter, edit, Path(args.out), rank=args.rank)
+        print(f"LoRA written to {args.out} ({report.summary()}); load it with pipe.load_lora_weights", file=sys.stderr)
+    else:
+        out = export.export_diffusers(run.adapter, edit, Path(args.out))
+        print(f"unlearned model written to {out} (load it with the same code as the base: from_pretrained)", file=sys.stderr)
     return 0
 
 
@@ -228,7 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     relearn.set_defaults(func=cmd_relearn)
     export = sub.add_parser("export", help="write a run's unlearned model as a full diffusers folder")
     export.add_argument("--run", required=True, help="run folder written by 'run --out'")
-    export.add_argument("--out", required=True, help="new folder for the model (must not exist or be empty)")
+    export.add_argument("--out", required=True, help="new folder (diffusers, bundle; must not exist or be empty) or file (delta, lora)")
+    export.add_argument("--format", default="diffusers", choices=["diffusers", "delta", "lora", "bundle"],
+                        help="diffusers: full model folder; delta: new - base safetensors; lora: SD LoRA file; "
+                        "bundle: all of them with a model card")
+    export.add_argument("--rank", type=int, default=None, help="LoRA rank (default: the edit's own, exact up to round-off)")
+    export.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
+                        help="upload the bundle (token from HF_TOKEN; only where the hosted profile allows it)")
     export.set_defaults(func=cmd_export)
     bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..16 concepts with several methods")
     bench.add_argument("which", choices=["scaling"])

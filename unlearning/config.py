@@ -19,11 +19,13 @@ YAML layout (all keys optional)::
 
     models: [digits, shapes-sd]   # model ids allowed (local default: all, plus hub ids and folders)
     methods: all                  # or a list of method names
+    default_method: uce           # the method selected when the app opens (local default: the app's)
     limits: {max_iterations: 5000, max_inference_steps: 200, max_samples: 256,
              max_concepts: 16, max_image_pixels: 1048576, max_upload_bytes: 10485760}
     queue: {max_size: 32, concurrency: 1}
-    runs: {dir: /tmp/unlearning-lab/runs, keep: 50}
+    runs: {dir: /tmp/unlearning-lab/runs, keep: 50, max_bytes: 2147483648}
     gpu_duration: {uce: 0.05}     # seconds per iteration, for ZeroGPU
+    zerogpu: {max_duration: 120, margin: 1.5, overhead_s: 10, sample_step_s: 0.05, default_step_s: 0.5}
     hub_export: false
 """
 
@@ -112,6 +114,24 @@ def _seconds_per_method(value: object, key: str) -> dict[str, float]:
     return durations
 
 
+def _positive_seconds(value: object, key: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"'{key}' must be a positive number of seconds, got {_shown(value)}.")
+    return float(value)
+
+
+def _at_least_one(value: object, key: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value) or value < 1:
+        raise InputError(f"'{key}' must be a number >= 1 (a safety factor), got {_shown(value)}.")
+    return float(value)
+
+
+def _method_name(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"'{key}' must be a method name, got {_shown(value)}.")
+    return value.strip()
+
+
 def _directory(value: object, key: str) -> Path:
     """A path; ``~`` is expanded, and a relative path is made relative to the file by the loader."""
     if not isinstance(value, str) or not value.strip():
@@ -174,6 +194,22 @@ class Runs:
 
     dir: Path = field(default_factory=default_runs_dir, metadata=_check(_directory))  # relative: to the file
     keep: int = _positive(50)  # run folders kept at most
+    max_bytes: int = _positive(2 * 1024**3)  # total size of the run folders (and their zips) kept, 2 GiB
+
+
+@dataclass(frozen=True)
+class ZeroGPU:
+    """How long to ask ZeroGPU for (``spaces.GPU(duration=...)``); see ``unlearning.zerogpu``.
+
+    duration = min(max_duration, margin * (overhead_s + iterations * seconds per iteration of the method
+    (``gpu_duration``, else default_step_s) + pairs * 2 models * sampling steps * sample_step_s)).
+    """
+
+    max_duration: float = field(default=120.0, metadata=_check(_positive_seconds))  # the most one request may ask for
+    margin: float = field(default=1.5, metadata=_check(_at_least_one))  # safety factor on the estimate
+    overhead_s: float = field(default=10.0, metadata=_check(_positive_seconds))  # model to GPU, folder writing
+    sample_step_s: float = field(default=0.05, metadata=_check(_positive_seconds))  # one UNet call, one image
+    default_step_s: float = field(default=0.5, metadata=_check(_positive_seconds))  # per iteration, unlisted methods
 
 
 @dataclass(frozen=True)
@@ -184,12 +220,15 @@ class HostProfile:
     models: tuple[str, ...] = field(default=(), metadata=_check(_names))
     # None means every registered method (YAML: `methods: all`); else only these names.
     methods: tuple[str, ...] | None = field(default=None, metadata=_check(_method_names))
+    # the method selected when the app opens; None: the app's own default (ESD on the digits twin)
+    default_method: str | None = field(default=None, metadata=_check(_method_name))
     limits: Limits = field(default_factory=Limits)
     queue: Queue = field(default_factory=Queue)
     runs: Runs = field(default_factory=Runs)
     # method name -> estimated seconds per iteration, for ZeroGPU's `duration=`; missing: the caller's default.
     # A plain dict so `dataclasses.asdict` works; treat it as read-only.
     gpu_duration: dict[str, float] = field(default_factory=dict, metadata=_check(_seconds_per_method))
+    zerogpu: ZeroGPU = field(default_factory=ZeroGPU)
     hub_export: bool = field(default=False, metadata=_check(_flag))  # may exports be pushed to the hub
     # The file this profile was read from, or None for the local defaults. Not a YAML key.
     source: Path | None = field(default=None, compare=False, metadata={"yaml": False})
@@ -241,6 +280,9 @@ def parse_profile(data: object, base_dir: Path | None = None, source: Path | Non
     if not runs_dir.is_absolute():
         runs_dir = ((base_dir or Path.cwd()) / runs_dir).resolve()
     runs = dataclasses.replace(profile.runs, dir=runs_dir)
+    if profile.methods and profile.default_method and profile.default_method not in profile.methods:
+        raise InputError(f"'default_method' is '{profile.default_method}', which 'methods' does not allow "
+                         f"({', '.join(profile.methods)}); add it there or pick one of them.")
     return dataclasses.replace(profile, runs=runs, source=source)
 
 

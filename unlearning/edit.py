@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .atomic import atomic_file
 from .errors import DivergedError, InputError
 
 
@@ -121,14 +120,8 @@ class Edit:
             "timings": json.dumps(self.timings),
             "base": json.dumps(self.base, default=str),
         }
-        fd, tmp = tempfile.mkstemp(prefix=".edit-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({n: t.contiguous() for n, t in self.params.items()}, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp:
+            save_file({n: t.contiguous() for n, t in self.params.items()}, str(tmp), metadata=metadata)
         return path
 
     @classmethod

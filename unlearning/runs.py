@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .atomic import atomic_dir
 from .compare import ComparisonState
 from .edit import Edit
 from .errors import InputError
@@ -96,9 +96,7 @@ def run_card(run, edit: Edit, state: ComparisonState) -> dict:
 def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path:
     out = Path(out)
     check_writable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out, replace=True) as tmp:  # replaces an earlier run in the same folder
         (tmp / "run.json").write_text(json.dumps(run_card(run, edit, state), indent=2, default=str) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(state.metrics, indent=2, default=str) + "\n")
         (tmp / "loss.json").write_text(json.dumps(edit.loss_log) + "\n")
@@ -114,17 +112,6 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path
             for i, (group, prompt, seed) in enumerate(run.plan.items):
                 safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in prompt)[:60]
                 to_pil(getattr(state, which)[i]).save(images / which / f"{i:03d}_{group}_{safe}_seed{seed}.png")
-        if out.exists():  # replacing an earlier run in the same folder
-            old = out.with_name(f".{out.name}-old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -161,15 +148,34 @@ def new_run_folder(root: Path, model: str, method: str) -> Path:
     return Path(root) / f"{stamp}-{safe_model}-{method}-{uuid.uuid4().hex[:6]}"
 
 
-def prune_runs(root: Path, keep: int) -> None:
-    """Delete the oldest run folders (and their zips) beyond ``keep``."""
+def prune_runs(root: Path, keep: int, max_bytes: int | None = None) -> list[Path]:
+    """Delete the oldest run folders (and their zips) beyond ``keep`` folders or ``max_bytes`` in all;
+    the newest run is always kept. Returns the deleted folders."""
     root = Path(root)
     if not root.is_dir():
-        return
+        return []
     runs = sorted((p for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()), key=lambda p: p.stat().st_mtime)
-    for old in runs[: max(0, len(runs) - keep)]:
+    doomed = runs[: max(0, len(runs) - keep)]
+    if max_bytes is not None:
+        kept = runs[len(doomed):]
+        sizes = [_run_bytes(p) for p in kept]
+        total = sum(sizes)
+        for folder, size in zip(kept[:-1], sizes[:-1], strict=True):  # oldest first; never the newest
+            if total <= max_bytes:
+                break
+            doomed.append(folder)
+            total -= size
+    for old in doomed:
         shutil.rmtree(old, ignore_errors=True)
         old.with_suffix(".zip").unlink(missing_ok=True)
+    return doomed
+
+
+def _run_bytes(folder: Path) -> int:
+    """Bytes of a run folder and its zip."""
+    zipped = folder.with_suffix(".zip")
+    files = [f for f in folder.rglob("*") if f.is_file()] + ([zipped] if zipped.is_file() else [])
+    return sum(f.stat().st_size for f in files)
 
 
 def read_request(folder: Path):

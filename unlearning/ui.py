@@ -48,13 +48,14 @@ LOSS_EMPTY = pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series
 # ---- choices --------------------------------------------------------------------------------------
 
 def model_choices() -> list[tuple[str, str]]:
-    """Embedded twins, then (where the profile allows any model) the real checkpoints with their availability."""
+    """Embedded twins, then real checkpoints with their availability: the profile's hub ids, or (where the
+    profile allows any model) the known ones."""
     allowed = get_profile().models
     out = [(e.label, e.id) for e in CATALOG.values() if not allowed or e.id in allowed]
-    if not allowed:
-        for repo in HUB_MODELS:
-            ok, _ = hub_availability(repo)
-            out.append((f"{repo} ({'GPU recommended' if ok else 'not available offline'})", repo))
+    hub = [m for m in allowed if m not in CATALOG] if allowed else list(HUB_MODELS)
+    for repo in hub:
+        ok, _ = hub_availability(repo)
+        out.append((f"{repo} ({'GPU recommended' if ok else 'not available offline'})", repo))
     return out
 
 
@@ -243,7 +244,7 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
                     fr = m.get("forget_rate", {})
                     summary = (f"forget rate {fr['original']:.2f} → {fr['unlearned']:.2f}" if "original" in fr else "")
                     out.status = f"{head}  \n**Done.** {summary}.{closed} Run folder: `{event.folder}`"
-                    prune_runs(profile.runs.dir, profile.runs.keep)
+                    prune_runs(profile.runs.dir, profile.runs.keep, profile.runs.max_bytes)
                 yield out
     except UnlearningError as exc:
         yield Outputs(status=f"**Could not run:** {exc}")
