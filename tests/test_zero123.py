@@ -134,8 +134,12 @@ def test_input_images_are_composited_padded_and_resized_with_notes(tmp_path):
     assert img[0, :, 0, 0].min() > 0.99  # transparent corner became white, not red
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    with pytest.raises(InputError, match="not a readable image"):
+    with pytest.raises(InputError, match="is not an image"):  # file uploads go through images.load_upload's checks
         load_image(bad, 32)
+    png = tmp_path / "view.png"
+    rgba.save(png)
+    from_file, file_notes = load_image(png, 32)
+    assert torch.allclose(from_file, img, atol=2 / 255) and any("composited onto white" in n for n in file_notes)
     with pytest.raises(InputError, match="at least 8x8"):
         load_image(Image.new("RGB", (4, 4)), 32)
     with pytest.raises(InputError, match="must be an image"):

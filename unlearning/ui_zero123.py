@@ -6,6 +6,7 @@ Gradio components and wires them, called from app.py inside the app's Tabs.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import gradio as gr
@@ -16,6 +17,7 @@ from PIL import Image
 from . import novel_view as nv
 from .embedded import render3d as r3d
 from .errors import UnlearningError
+from .zerogpu import on_gpu
 
 OBJECTS = [f"{c} {s}" for s in r3d.SHAPES for c in r3d.COLOURS]
 DEFAULT_FORGET, DEFAULT_OVERRIDE = "blue pyramid", "blue cube"
@@ -112,6 +114,33 @@ def run_tab(model, forget, forget_image, override, override_image, remain, targe
     return result, gallery_items(result, result["input_views"]), state
 
 
+def gpu_duration(model, forget, forget_image, override, override_image, remain, target, polar, seed, skipping, n_ref, skip,
+                 dynamic, epochs, compare_plain, *args, **kwargs) -> int:
+    """ZeroGPU seconds for a Zero123 request: UNet image-steps of the trajectories (both variants when the plain
+    run is compared), the training steps, the grids and the sampling table, at the profile's per-step cost."""
+    from .config import get_profile
+    from .methods.skip3d import TUNED, training_azimuths
+
+    z = get_profile().zerogpu
+    try:
+        views = len(training_azimuths(float(TUNED.get(str(model), {}).get("azimuth_step", 10.0)))) * (1 + len(remain or []))
+        per_epoch = views * 32 * 2 * 1.5  # trajectories with guidance + the two networks' steps
+        steps = int(epochs) * per_epoch * (2 if compare_plain else 1) + views * 32 * 2 * 4 + 16 * 32 * 2 * (1 + len(remain or []))
+    except (TypeError, ValueError):
+        return math.ceil(z.max_duration)
+    return math.ceil(min(z.max_duration, z.margin * (z.overhead_s + steps * z.sample_step_s)))
+
+
+@on_gpu(gpu_duration)
+def run_outputs(model, forget, forget_image, override, override_image, remain, target, polar, seed, skipping, n_ref, skip, dynamic,
+                epochs, compare_plain, progress=None):
+    """The tab's outputs as plain CPU data (PIL images, data frames, markdown): what may cross a ZeroGPU boundary."""
+    result, items, st = run_tab(model, forget, forget_image, override, override_image, remain, target, polar, seed, skipping,
+                                n_ref, skip, dynamic, epochs, compare_plain, progress=progress)
+    return ("Done: forget views should now look like the override; remain rows should match their originals.",
+            items, tile_pair(st, 1), metrics_frame(result), sampling_frame(result), timings_markdown(result), loss_frame(result), st)
+
+
 def build_tab() -> None:
     """Lay out and wire the Zero123 tab (call inside a ``gr.Tabs`` of a ``gr.Blocks``)."""
     with gr.Tab("Zero123: novel views"):
@@ -156,14 +185,11 @@ def build_tab() -> None:
 
         def on_run(m, f, fi, o, oi, r, tg, p, sd, sk, nr, k, dy, ep, cp, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
             try:
-                result, items, st = run_tab(m, f, fi, o, oi, r, tg, p, sd, sk, nr, k, dy, ep, cp,
-                                            progress=lambda stage, frac: progress(frac, desc=stage))
+                return run_outputs(m, f, fi, o, oi, r, tg, p, sd, sk, nr, k, dy, ep, cp,
+                                   progress=lambda stage, frac: progress(frac, desc=stage))
             except UnlearningError as exc:
                 gr.Warning(str(exc))
                 return (f"**Could not run:** {exc}", gr.update(), None, gr.update(), gr.update(), gr.update(), gr.update(), None)
-            first = tile_pair(st, 1)
-            return ("Done: forget views should now look like the override; remain rows should match their originals.",
-                    items, first, metrics_frame(result), sampling_frame(result), timings_markdown(result), loss_frame(result), st)
 
         event = run_btn.click(on_run, [model, forget, forget_image, override, override_image, remain, target, polar, seed, skipping,
                                         n_ref, skip, dynamic, epochs, compare_plain],

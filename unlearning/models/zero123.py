@@ -212,12 +212,10 @@ def load_image(image, size: int) -> tuple[torch.Tensor, list[str]]:
     """An input view as (1, 3, size, size) in [0, 1] with Zero123's preprocessing, and notes saying what
     was done: alpha composited on white, non-square padded with white (centred), resized."""
     notes: list[str] = []
-    if isinstance(image, (str, Path)):
-        try:
-            image = Image.open(image)
-            image.load()
-        except (OSError, Image.DecompressionBombError) as exc:
-            raise InputError(f"the input view is not a readable image ({str(exc).splitlines()[0]}); upload a PNG or JPEG.") from None
+    if isinstance(image, (str, Path, bytes)):
+        from ..images import load_upload
+
+        image, notes = load_upload(image)  # size / format / pixel-count limits of the profile; modes to RGB, alpha on white
     if isinstance(image, np.ndarray):
         if image.ndim not in (2, 3) or image.size == 0:
             raise InputError(f"the input view has shape {image.shape}; expected an H x W x 3 image.")
