@@ -159,6 +159,10 @@ def checkpoint_variance(mu: dict[str, torch.Tensor], diffs: list[dict[str, torch
     out = {}
     for name, m in mu.items():
         m = m.detach().float()
+        bad = next((tuple(d[name].shape) for d in diffs if d[name].shape != m.shape), None)
+        if bad is not None:
+            raise InputError(f"a checkpoint's {name} has shape {bad}, the model's has {tuple(m.shape)}: the checkpoints were "
+                             "made for another model; remove the snapshots/ folder to let VDU make its own.")
         stack = torch.stack([m] + [m + d[name].to(m.device) for d in diffs])  # (K, *shape)
         out[name] = stack.var(dim=0, unbiased=False).clamp_min(floor**2)
     return out
