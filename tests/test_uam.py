@@ -46,7 +46,7 @@ def test_with_rho_and_gamma_zero_uam_is_the_plain_step():
     torch.testing.assert_close(grad_of(params), plain)
 
 
-@pytest.mark.parametrize("seed", [1, 2])  # g_r . g_f > 0 and < 0: the projection is skipped / applied
+@pytest.mark.parametrize("seed", [1, 2])  # g_r . g_f > 0 and < 0
 @pytest.mark.parametrize(("rho", "gamma"), [(0.3, 0.0), (0.3, 1.0), (0.7, 0.5), (0.0, 1.0)])
 def test_uam_gradient_matches_the_recipe_and_leaves_the_weights(rho, gamma, seed):
     params, flat, objective, grads = toy(seed)
@@ -57,23 +57,18 @@ def test_uam_gradient_matches_the_recipe_and_leaves_the_weights(rho, gamma, seed
     # 1. g_f at w; 2. w_hat = w - rho g_f / ||g_f||; 3. g_r at w_hat; 4. g_f + (I - gamma P_f) g_r
     g_f = grads["f"](w)
     g_r = grads["r"](w - rho * g_f / g_f.norm())
-    overlap = g_r @ g_f
-    expected = g_f + g_r - (gamma * overlap / (g_f @ g_f) * g_f if overlap < 0 else 0)
+    expected = g_f + g_r - gamma * (g_r @ g_f) / (g_f @ g_f) * g_f
     torch.testing.assert_close(grad_of(params), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_gamma_one_removes_only_the_retain_component_that_undoes_forgetting(seed):
+@pytest.mark.parametrize("seed", [1, 2])
+def test_gamma_one_leaves_no_retain_component_along_the_forget_gradient(seed):
     params, flat, objective, grads = toy(seed)
     w = flat().detach().clone()
-    g_f = grads["f"](w)
-    g_r = grads["r"](w - 0.2 * g_f / g_f.norm())
     uam_step(params, objective(), UAMConfig(0.2, 1.0))
+    g_f = grads["f"](w)
     retain_part = grad_of(params) - g_f
-    if g_r @ g_f < 0:  # the retain step would raise L_f: that component is gone
-        assert abs(float(retain_part @ g_f)) < 1e-4 * float(retain_part.norm() * g_f.norm())
-    else:  # it helps forgetting (or is neutral): kept as it is
-        torch.testing.assert_close(retain_part, g_r, rtol=1e-5, atol=1e-5)
+    assert abs(float(retain_part @ g_f)) < 1e-4 * float(retain_part.norm() * g_f.norm())
 
 
 def test_uam_without_a_retain_loss_is_refused():

@@ -21,15 +21,13 @@ Notation (the method card's, one step):
     g_r          grad L_r(w_hat)
     P_f          g_f g_f^T / ||g_f||^2, the projection on the forget gradient
     gamma        how much of g_r's forget component is removed, in [0, 1]
-    update       w <- optimiser step with gradient g_f + (I - gamma P_f) g_r   if g_r . g_f < 0
-                                                   g_f + g_r                   otherwise
+    update       w <- optimiser step with gradient g_f + (I - gamma P_f) g_r
 
-Only the part of g_r that would *undo* forgetting is removed: a step -g_r raises L_f exactly when
-g_r . g_f < 0. The card writes (I - gamma P_f) g_r unconditionally; measured on the classifier bench
-(class-wise, NegGrad+), that also strips the retain gradient's component that *helps* forgetting
-(lowering the forgotten class's logit helps both losses), and the class was then not forgotten at all
-(forget accuracy 1.000 with UAM vs 0.000 without). The authors' helper ``reverse_proj_v1_on_v2`` has
-the same condition (it then adds (1 + gamma) times the projection, i.e. reflects rather than removes).
+The projection is the card's, applied whatever the sign of g_r . g_f. Removing only the component that
+opposes forgetting (g_r . g_f < 0, the condition of the authors' unused helper ``reverse_proj_v1_on_v2``)
+was tried: on the classifier bench the class-wise NegGrad+ + UAM row forgot nothing with either
+(forget accuracy 1.000 both times), and rho 0.05 with gamma 0 forgets nothing too, so it is the
+perturbation, not the projection, that holds the class there.
 
 How the forget step enters (the paper's pseudo-code shows only the retain update; recorded here): the
 base method's own forget gradient g_f, taken at w (not w_hat), is added unchanged. So with rho = 0 and
@@ -140,10 +138,9 @@ def uam_step(params: Sequence[torch.Tensor], objective: Objective, cfg: UAMConfi
         with torch.no_grad():
             for p, w in zip(params, saved, strict=True):
                 p.copy_(w)
-    # 4. g = (I - gamma P_f) g_r where g_r opposes the forget step, then add the forget step measured at w
-    overlap = torch.dot(g_r, g_f)
-    if cfg.gamma > 0 and norm_f > 0 and overlap < 0:
-        g_r = g_r - cfg.gamma * (overlap / norm_f**2) * g_f
+    # 4. g = (I - gamma P_f) g_r, then add the forget step measured at w
+    if cfg.gamma > 0 and norm_f > 0:
+        g_r = g_r - cfg.gamma * (torch.dot(g_r, g_f) / norm_f**2) * g_f
     total = g_f + g_r
     offset = 0
     for p in params:
@@ -177,6 +174,5 @@ def uam_rho():
 def uam_gamma():
     from .base import setting
 
-    return setting(1.0, "UAM gamma: share of the retain gradient's component against forgetting that is removed (1 = all; "
-                   "torchunlearn's default)",
+    return setting(1.0, "UAM gamma: share of the retain gradient's forget component removed (1 = all; torchunlearn's default)",
                    low=0.0, high=1.0)
