@@ -163,3 +163,9 @@ def test_vdu_forgets_the_digit_but_costs_retained_digits():
     fr, ra = m["forget_rate"], m["retain_accuracy"]
     assert fr["unlearned"] <= 0.5 * fr["original"], fr
     assert ra["unlearned"] >= 0.3, ra
+
+
+def test_checkpoints_of_mismatched_shapes_are_refused():
+    mu = {"a.weight": torch.zeros(3, 4)}
+    with pytest.raises(InputError, match=r"a checkpoint's a.weight has shape \(4, 3\), the model's has \(3, 4\)"):
+        checkpoint_variance(mu, [{"a.weight": torch.zeros(3, 4)}, {"a.weight": torch.zeros(4, 3)}], 1e-4)

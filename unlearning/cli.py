@@ -6,6 +6,7 @@
     python -m unlearning export --run DIR --out FILE --format delta|lora [--rank N]
     python -m unlearning export --run DIR --out DIR --format bundle [--push-to-hub owner/name]
     python -m unlearning bench scaling [--counts 1,2,4,8,16] [--methods scapre,uce,esd]
+    python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
     python -m unlearning methods [--model digits]
     python -m unlearning models
@@ -143,6 +144,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .errors import InputError
+
+    if args.which == "classifier":
+        from .classifier.bench import cmd_bench_classifier
+
+        args.settings = _parse_sets(args.set)
+        return cmd_bench_classifier(args)
     from .scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     try:
@@ -255,13 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
                         help="upload the bundle (token from HF_TOKEN; only where the hosted profile allows it)")
     export.set_defaults(func=cmd_export)
-    bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..16 concepts with several methods")
-    bench.add_argument("which", choices=["scaling"])
+    bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..16 concepts with several methods; "
+                           "'classifier' = classifier unlearning (UAM's setting) vs retraining")
+    bench.add_argument("which", choices=["scaling", "classifier"])
     bench.add_argument("--model", default="shapes-sd")
     bench.add_argument("--counts", default="1,2,4,8,16")
     bench.add_argument("--methods", default="scapre,uce,esd")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--out", default=None, help="results JSON (default bench/results/scaling.json)")
+    bench.add_argument("--out", default=None, help="results JSON (scaling: default bench/results/scaling.json)")
+    bench.add_argument("--scenario", default="class", help="classifier: 'class' (forget a class) or 'random' (random samples)")
+    bench.add_argument("--forget-class", type=int, default=3, help="classifier, class-wise: the class to forget")
+    bench.add_argument("--fraction", type=float, default=0.1, help="classifier, random: share of the training split to forget")
+    bench.add_argument("--train-epochs", type=int, default=15, help="classifier: epochs of the original and retrained model")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="classifier: override a method setting")
+    bench.add_argument("--no-torchunlearn", action="store_true", help="classifier: skip the torchunlearn row")
     bench.set_defaults(func=cmd_bench)
     z123 = sub.add_parser("zero123", help="novel-view unlearning (skip3d): forget object -> override object, with timings")
     z123.add_argument("--model", default="shapes-3d", help="shapes-3d, a hub id (kxic/zero123-xl) or a local Zero123 folder")

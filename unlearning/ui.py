@@ -136,7 +136,8 @@ def setting_controls(model_id: str) -> list[SettingControl]:
             f = fields[row["name"]]
             kind = "choice" if row.get("choices") else {"bool": "bool", "int": "int"}.get(row["type"], "number")
             paper = f"paper: {row['paper']}" + (f"; tuned for {model_id}" if row["tuned"] else "")
-            out.append(SettingControl(spec.name, f.name, kind, row["value"], f.name, f"{row['help']} ({paper})", row.get("choices")))
+            out.append(SettingControl(spec.name, f.name, kind, row["value"], f.metadata.get("label") or f.name,
+                                      f"{row['help']} ({paper})", row.get("choices")))
     return out
 
 

@@ -21,12 +21,15 @@ import torch.nn.functional as F
 from ..edit import Edit
 from ..errors import CancelledError, DivergedError, InputError
 from ..models.base import FamilyAdapter
+from .uam import Objective, UAMConfig, gradient_step
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            choices: Sequence[Any] | None = None, low_inclusive: bool = True) -> Any:
-    """A settings field: its default is the paper's value; metadata drives validation and the UI."""
-    meta = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None, "low_inclusive": low_inclusive}
+            choices: Sequence[Any] | None = None, low_inclusive: bool = True, label: str | None = None) -> Any:
+    """A settings field: its default is the paper's value; metadata drives validation and the UI (``label``:
+    the control's label when it should not be the field name)."""
+    meta = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None, "low_inclusive": low_inclusive,
+            "label": label}
     return field(default=default, metadata=meta)
 
 
@@ -120,6 +123,9 @@ def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str
     """Settings from the defaults, then ``base`` (twin-tuned values), then user ``overrides``."""
     fields = {f.name: f for f in settings_fields(settings_cls)}
     unknown = sorted(set(overrides) - set(fields))
+    if set(unknown) & {"uam", "uam_rho", "uam_gamma"}:
+        raise InputError("UAM wraps methods whose loss has a forget and a retain part (esd, gradient_ascent, vdu); "
+                         "this method has no UAM setting.")
     if unknown:
         raise InputError(f"unknown setting(s) {', '.join(unknown)}; this method's settings are: {', '.join(fields)}.")
     values = {name: _convert(fields[name], v) for name, v in {**base, **overrides}.items()}
@@ -143,7 +149,7 @@ def trainable_copy(adapter: FamilyAdapter, group: str) -> tuple[torch.nn.Module,
 def optimise(
     unet: torch.nn.Module,
     names: list[str],
-    loss_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict]],
+    loss_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict] | Objective],
     *,
     iterations: int,
     lr: float,
@@ -151,9 +157,12 @@ def optimise(
     method: str,
     optimizer: str = "adam",
     betas: tuple[float, float] = (0.9, 0.999),
+    uam: UAMConfig | None = None,
 ) -> list[dict]:
     """Minimise ``loss_fn(step)`` over the named parameters; returns the loss log.
 
+    ``loss_fn`` returns the loss (optionally with a dict for the log), or an :class:`Objective` split
+    into forget and retain parts; only the latter can be wrapped by UAM (``uam``).
     Stops with DivergedError the moment the loss or a gradient is not finite, saying what to do.
     """
     params = [p for n, p in unet.named_parameters() if n in set(names)]
@@ -161,14 +170,20 @@ def optimise(
     log: list[dict] = []
     for step in range(iterations):
         out = loss_fn(step)
-        loss, extra = out if isinstance(out, tuple) else (out, {})
+        if isinstance(out, Objective):
+            loss, extra = gradient_step(params, out, uam), out.extra
+        else:
+            if uam is not None:
+                raise InputError(f"{method} does not split its loss into forget and retain parts, so UAM cannot wrap it.")
+            loss, extra = out if isinstance(out, tuple) else (out, {})
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"{method}: the loss became {loss.item()} at step {step + 1}; lower the learning rate (now {lr:g}) "
                 "or the number of iterations and run again. The base model is unchanged."
             )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if not isinstance(out, Objective):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         entry = {"step": step + 1, "loss": float(loss.item()), **{k: float(v) for k, v in extra.items()}}
         log.append(entry)

@@ -16,6 +16,10 @@ Notation (paper, Eq. 4 and 5):
 
 Variants by the parameters trained: ESD-x (cross-attention only), ESD-u (all but cross-attention),
 ESD-a (all).
+
+Not in the paper: ``retain_weight`` > 0 adds a preservation term, distillation to the frozen model on a
+retained concept at the same x_t and t, || eps_theta(x_t, t, c_r) - eps_theta*(x_t, t, c_r) ||^2; it is
+the retain loss UAM needs (``uam``; see ``uam.py``), and 0 (the default) is the paper's ESD.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from ..edit import Edit
+from ..errors import InputError
 from ..models.base import FamilyAdapter
 from .base import RunContext, UnlearnTask, finish, optimise, setting, trainable_copy
+from .uam import Objective, require_retain_loss, uam_config, uam_gamma, uam_rho, uam_switch
 
 VARIANT_GROUPS = {"x": "cross_attention", "u": "non_cross_attention", "a": "all"}
 
@@ -42,6 +48,14 @@ class ESDSettings:
     ddim_steps: int = setting(50, "DDIM steps of the trajectory x_t is drawn from", low=2, high=1000)
     start_guidance: float = setting(3.0, "CFG scale used when producing x_t from the concept", low=1.0)
     batch_size: int = setting(1, "x_t samples per step (paper 1)", low=1, high=256)
+    retain_weight: float = setting(0.0, "weight of distillation to the frozen model on a retained concept (0 = the paper's ESD; "
+                                   "needed by UAM)", low=0.0)
+    uam: bool = uam_switch()
+    uam_rho: float = uam_rho()
+    uam_gamma: float = uam_gamma()
+
+    def check(self) -> None:
+        require_retain_loss(self, self.retain_weight > 0, "set retain_weight > 0 (distillation on retained concepts)")
 
 
 def esd_loss(eps_edit: torch.Tensor, eps0_c: torch.Tensor, eps0_anchor: torch.Tensor, eta: float) -> torch.Tensor:
@@ -60,29 +74,47 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: ESDSettings, ct
     with torch.no_grad():
         conds = adapter.encode(task.forget)  # (K, T, D): one row per forget concept
         anchors = torch.cat([adapter.encode([a]) if (a := task.anchor_of(c)) else adapter.null_condition(1) for c in task.forget])
+        retain_conds = adapter.encode(task.retain) if settings.retain_weight > 0 and task.retain else None  # (R, T, D)
     timesteps = adapter.make_sampler(settings.ddim_steps).timesteps
+    if settings.retain_weight > 0 and retain_conds is None:
+        raise InputError("ESD's retain_weight needs at least one retained concept; name one or set retain_weight=0.")
 
-    def loss_fn(step: int) -> torch.Tensor:
-        # 2. pick a concept, a stopping step and initial noise
-        k = int(torch.randint(len(task.forget), (1,), generator=g))
-        c = conds[k : k + 1].expand(b, -1, -1)
-        c_a = anchors[k : k + 1].expand(b, -1, -1)
-        stop = int(torch.randint(settings.ddim_steps, (1,), generator=g))
-        seeds = torch.randint(2**31 - 1, (b,), generator=g).tolist()
-        # 3. x_t from the model being edited, conditioned on c (data-free), no gradient
-        unet.eval()
-        x_t = adapter.denoise(
-            adapter.initial_noise(seeds), c, unet=unet, num_inference_steps=settings.ddim_steps,
-            guidance_scale=settings.start_guidance, stop_step=stop,
-        )
-        unet.train()
-        t = timesteps[stop]
-        # 4. the frozen model's predictions for c and the anchor
-        with torch.no_grad():
-            eps0_c = adapter.eps(frozen, x_t, t, c).float()
-            eps0_anchor = adapter.eps(frozen, x_t, t, c_a).float()
-        # 5. the edited model's prediction for c, pulled to the negatively guided target
-        return esd_loss(adapter.eps(unet, x_t, t, c).float(), eps0_c, eps0_anchor, settings.negative_guidance)
+    def loss_fn(step: int) -> Objective:
+        drawn: dict = {}
 
-    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="ESD")
+        def forget_part() -> torch.Tensor:
+            # 2. pick a concept, a stopping step and initial noise
+            k = int(torch.randint(len(task.forget), (1,), generator=g))
+            c = conds[k : k + 1].expand(b, -1, -1)
+            c_a = anchors[k : k + 1].expand(b, -1, -1)
+            stop = int(torch.randint(settings.ddim_steps, (1,), generator=g))
+            seeds = torch.randint(2**31 - 1, (b,), generator=g).tolist()
+            # 3. x_t from the model being edited, conditioned on c (data-free), no gradient
+            unet.eval()
+            x_t = adapter.denoise(
+                adapter.initial_noise(seeds), c, unet=unet, num_inference_steps=settings.ddim_steps,
+                guidance_scale=settings.start_guidance, stop_step=stop,
+            )
+            unet.train()
+            t = timesteps[stop]
+            drawn.update(x_t=x_t, t=t)
+            # 4. the frozen model's predictions for c and the anchor
+            with torch.no_grad():
+                eps0_c = adapter.eps(frozen, x_t, t, c).float()
+                eps0_anchor = adapter.eps(frozen, x_t, t, c_a).float()
+            # 5. the edited model's prediction for c, pulled to the negatively guided target
+            return esd_loss(adapter.eps(unet, x_t, t, c).float(), eps0_c, eps0_anchor, settings.negative_guidance)
+
+        def retain_part() -> torch.Tensor:
+            # 6. (retain_weight > 0) a retained concept at the same x_t, t keeps the frozen model's prediction
+            r = int(torch.randint(len(retain_conds), (1,), generator=g))
+            c_r = retain_conds[r : r + 1].expand(b, -1, -1)
+            with torch.no_grad():
+                eps0_r = adapter.eps(frozen, drawn["x_t"], drawn["t"], c_r).float()
+            return settings.retain_weight * F.mse_loss(adapter.eps(unet, drawn["x_t"], drawn["t"], c_r).float(), eps0_r)
+
+        return Objective(forget_part, retain_part if retain_conds is not None else None)
+
+    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="ESD",
+                   uam=uam_config(settings))
     return finish(adapter, unet, names, method="esd", settings=settings, log=log, started=started)

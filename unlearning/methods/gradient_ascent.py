@@ -9,6 +9,9 @@ Notation:
     D_f, D_r     forget and retain data (x_0, c)
     L(D)         E_{(x_0, c) in D, t, eps} || eps - eps_theta(x_t, t, c) ||^2
     loss         -L(D_f) + alpha * L(D_r)
+
+With ``uam`` on, the step is taken by the UAM wrapper (``uam.py``) with L_f = -L(D_f) and
+L_r = alpha L(D_r): the retain gradient is measured at weights perturbed towards more forgetting.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from ..edit import Edit
 from ..models.base import PARAMETER_GROUPS, FamilyAdapter
 from .base import ConceptPool, RunContext, UnlearnTask, denoising_loss, finish, optimise, setting, trainable_copy
+from .uam import Objective, require_retain_loss, uam_config, uam_gamma, uam_rho, uam_switch
 
 
 @dataclass
@@ -31,11 +35,12 @@ class GradientAscentSettings:
     batch_size: int = setting(8, "forget (and retain) samples per step", low=1, high=512)
     data_size: int = setting(64, "forget samples drawn once per run (and per retained concept)", low=1, high=100_000)
     group: str = setting("all", "which UNet weights are trained", choices=tuple(PARAMETER_GROUPS))
+    uam: bool = uam_switch()
+    uam_rho: float = uam_rho()
+    uam_gamma: float = uam_gamma()
 
-
-def ga_loss(loss_forget: torch.Tensor, loss_retain: torch.Tensor | None, alpha: float) -> torch.Tensor:
-    """-L(D_f) + alpha L(D_r)."""
-    return -loss_forget + (alpha * loss_retain if loss_retain is not None else 0.0)
+    def check(self) -> None:
+        require_retain_loss(self, self.retain_weight > 0, "set retain_weight > 0 (NegGrad+)")
 
 
 def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: GradientAscentSettings, ctx: RunContext) -> Edit:
@@ -47,12 +52,22 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: GradientAscentS
     unet, names = trainable_copy(adapter, settings.group)
     g = torch.Generator().manual_seed(task.seed)
 
-    def loss_fn(step: int):
-        # 3. ascend on the forget loss, descend on the retain loss
-        l_f = denoising_loss(adapter, unet, *forget.batch(settings.batch_size, g), g)
-        l_r = denoising_loss(adapter, unet, *retain.batch(settings.batch_size, g), g) if retain else None
-        extra = {"forget_loss": l_f.item(), **({"retain_loss": l_r.item()} if l_r is not None else {})}
-        return ga_loss(l_f, l_r, settings.retain_weight), extra
+    def loss_fn(step: int) -> Objective:
+        # 3. ascend on the forget loss (L_f = -L(D_f)), descend on the retain loss (L_r = alpha L(D_r))
+        extra: dict[str, float] = {}
 
-    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="gradient ascent")
+        def forget_part() -> torch.Tensor:
+            l_f = denoising_loss(adapter, unet, *forget.batch(settings.batch_size, g), g)
+            extra["forget_loss"] = l_f.item()
+            return -l_f
+
+        def retain_part() -> torch.Tensor:
+            l_r = denoising_loss(adapter, unet, *retain.batch(settings.batch_size, g), g)
+            extra["retain_loss"] = l_r.item()
+            return settings.retain_weight * l_r
+
+        return Objective(forget_part, retain_part if retain else None, extra)
+
+    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="gradient ascent",
+                   uam=uam_config(settings))
     return finish(adapter, unet, names, method="gradient_ascent", settings=settings, log=log, started=started)

@@ -19,6 +19,9 @@ Notation (paper, method figure):
     loss         gamma * (1/P) sum_i (theta_i - mu_i)^2 / (2 sigma_i^2)
                  - (1 - gamma) * E_{(x_0, c) in D_f, t, eps} C_t || eps - eps_theta(x_t, t, c) ||^2
 
+With ``uam`` on, UAM (``uam.py``) wraps the step with L_f = -(1 - gamma) L_C(D_f) and, since VDU has no
+retain data, the Gaussian anchor gamma * (1/P) sum (theta - mu)^2 / (2 sigma^2) as L_r (so gamma > 0).
+
 Choices recorded here (the paper does not state them):
 - The stability term is divided by P (the paper writes a plain sum). Both terms are then means, so
   gamma means the same on a 1.7 M-parameter twin and an 860 M-parameter UNet.
@@ -59,6 +62,7 @@ from ..edit import Edit
 from ..errors import InputError
 from ..models.base import PARAMETER_GROUPS, FamilyAdapter
 from .base import ConceptPool, RunContext, UnlearnTask, denoising_loss, finish, optimise, setting, trainable_copy
+from .uam import Objective, require_retain_loss, uam_config, uam_gamma, uam_rho, uam_switch
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +86,18 @@ class VDUSettings:
     group: str = setting("all", "which UNet weights are trained", choices=tuple(PARAMETER_GROUPS))
     snapshot_steps: int = setting(50, "training steps per snapshot made for a model folder without snapshots/", low=1, high=10_000)
     snapshot_lr: float = setting(1e-5, "Adam learning rate of those continuations", low=0.0, low_inclusive=False)
+    uam: bool = uam_switch()
+    uam_rho: float = uam_rho()
+    uam_gamma: float = uam_gamma()
+
+    def check(self) -> None:
+        require_retain_loss(self, self.gamma > 0, "VDU's retain loss is its Gaussian anchor; set gamma > 0")
 
 
-def vdu_loss(theta: list[torch.Tensor], mu: list[torch.Tensor], inv_var: list[torch.Tensor],
-             loss_forget: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """gamma * (1/P) sum (theta - mu)^2 / (2 sigma^2) - (1 - gamma) * L_C(D_f); returns (loss, stability term)."""
+def stability_term(theta: list[torch.Tensor], mu: list[torch.Tensor], inv_var: list[torch.Tensor]) -> torch.Tensor:
+    """(1/P) sum_i (theta_i - mu_i)^2 / (2 sigma_i^2); VDU's loss is gamma * this - (1 - gamma) * L_C(D_f)."""
     num = sum(p.numel() for p in theta)
-    stability = sum(((p - m) ** 2 * iv).sum() for p, m, iv in zip(theta, mu, inv_var, strict=True)) / (2 * num)
-    return gamma * stability - (1 - gamma) * loss_forget, stability
+    return sum(((p - m) ** 2 * iv).sum() for p, m, iv in zip(theta, mu, inv_var, strict=True)) / (2 * num)
 
 
 def elbo_weights(adapter: FamilyAdapter) -> torch.Tensor:
@@ -151,6 +159,10 @@ def checkpoint_variance(mu: dict[str, torch.Tensor], diffs: list[dict[str, torch
     out = {}
     for name, m in mu.items():
         m = m.detach().float()
+        bad = next((tuple(d[name].shape) for d in diffs if d[name].shape != m.shape), None)
+        if bad is not None:
+            raise InputError(f"a checkpoint's {name} has shape {bad}, the model's has {tuple(m.shape)}: the checkpoints were "
+                             "made for another model; remove the snapshots/ folder to let VDU make its own.")
         stack = torch.stack([m] + [m + d[name].to(m.device) for d in diffs])  # (K, *shape)
         out[name] = stack.var(dim=0, unbiased=False).clamp_min(floor**2)
     return out
@@ -183,11 +195,22 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: VDUSettings, ct
     weights = elbo_weights(adapter) if settings.weighting == "elbo" else None
     g = torch.Generator().manual_seed(task.seed)
 
-    def loss_fn(step: int):
+    def loss_fn(step: int) -> Objective:
         # 4. ascend on the (weighted) forget denoising loss, anchored to mu with precision 1 / sigma^2
-        l_f = denoising_loss(adapter, unet, *forget.batch(settings.batch_size, g), g, weights=weights)
-        loss, stability = vdu_loss(theta, mu_list, inv_var, l_f, settings.gamma)
-        return loss, {"forget_loss": l_f.item(), "stability": stability.item()}
+        extra: dict[str, float] = {}
 
-    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="VDU")
+        def forget_part() -> torch.Tensor:
+            l_f = denoising_loss(adapter, unet, *forget.batch(settings.batch_size, g), g, weights=weights)
+            extra["forget_loss"] = l_f.item()
+            return -(1 - settings.gamma) * l_f
+
+        def anchor_part() -> torch.Tensor:
+            stability = stability_term(theta, mu_list, inv_var)
+            extra["stability"] = stability.item()
+            return settings.gamma * stability
+
+        return Objective(forget_part, anchor_part, extra)
+
+    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="VDU",
+                   uam=uam_config(settings))
     return finish(adapter, unet, names, method="vdu", settings=settings, log=log, started=started)
