@@ -53,7 +53,7 @@ def main() -> None:
 
     from unlearning.attacks.comparison import compare_relearning, format_comparison
     from unlearning.attacks.relearn import relearn_settings
-    from unlearning.methods.base import UnlearnTask
+    from unlearning.methods.base import RunContext, UnlearnTask
     from unlearning.models.catalog import load_adapter, resolve
 
     model_id, _, _ = resolve(args.model)
@@ -69,10 +69,14 @@ def main() -> None:
     print(f"{args.model}: forget {forget}, retain {len(task.retain)} concepts, seed {args.seed}; attack: "
           f"{attack.mode}, lr {attack.lr:g}, {attack.steps} steps x batch {attack.batch_size} x {attack.accumulation}", flush=True)
 
+    def on_step(report) -> None:
+        if report.step == report.total or report.step % max(1, report.total // 5) == 0:
+            print(f"    step {report.step}/{report.total}  loss {report.loss:.4f}  {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
     rows = []
     t0 = time.perf_counter()
     for row in compare_relearning(adapter, model_id, task, methods, attack, forget_samples=args.forget_samples,
-                                  retain_samples=args.retain_samples, overrides=overrides):
+                                  retain_samples=args.retain_samples, overrides=overrides, ctx=RunContext(on_step)):
         rows.append(row)
         print(f"  {row['method']}: unlearn {row['unlearn_s']:.0f} s, relearn {row['relearn_s']:.0f} s, forget "
               f"{row['forget_unlearned']:.2f} -> {row['forget_finetuned']:.2f}", flush=True)

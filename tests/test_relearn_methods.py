@@ -25,7 +25,7 @@ TINY: dict[str, dict] = {
     "uce": {},
     "scapre": {},
     "resalign": {"iterations": 1, "data_size": 2, "batch_size": 2, "ft_batch_size": 2, "ft_steps": "1",
-                 "richardson_steps": 1, "configs_per_step": 2, "num_configs": 4},
+                 "richardson_steps": 1, "configs_per_step": 2, "num_configs": 4, "max_retries": 0},
 }
 TINY_RELEARN = {"steps": 1, "batch_size": 2, "accumulation": 1, "data_size": 2, "lr": 1e-3}
 

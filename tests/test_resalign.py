@@ -113,3 +113,11 @@ def test_unlearn_edits_only_attention_projections_and_merges_exactly(adapter, ta
 def test_needs_retained_concepts(adapter):
     with pytest.raises(InputError, match="retained"):
         state_of(adapter, UnlearnTask(forget=["3"], retain=[], seed=0))
+
+
+def test_esd_objective_pulls_towards_the_negatively_guided_target(adapter, task):
+    st = state_of(adapter, task, objective="esd")
+    loss = st.harmful_loss()
+    (grad,) = torch.autograd.grad(loss, [next(iter(st.theta.values()))], allow_unused=True)
+    assert loss.item() >= 0 and torch.isfinite(loss)  # an MSE, minimised (GA's L_h is a negated one)
+    assert grad is not None
