@@ -16,7 +16,7 @@ from unlearning.methods.base import RunContext, UnlearnTask
 from unlearning.models.catalog import load_adapter
 
 TINY = {"iterations": 2, "data_size": 2, "batch_size": 2, "ft_batch_size": 2, "ft_steps": "2", "ft_lrs": "1e-3",
-        "richardson_steps": 2, "configs_per_step": 2, "num_configs": 4, "lr": 1e-2}
+        "richardson_steps": 2, "configs_per_step": 2, "num_configs": 4, "lr": 1e-2, "max_retries": 1}
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +97,16 @@ def test_unlearn_edits_only_attention_projections_and_merges_exactly(adapter, ta
     base = {k: v.clone() for k, v in adapter.unet.state_dict().items()}
     st = state_of(adapter, task, gradient_checkpointing=True)
     opt = torch.optim.AdamW(list(st.theta.values()), lr=1e-2)
-    log = [st.step(i, opt) for i in range(2)]
+    log = [st.step(i, opt) for i in range(1)]
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
     merged, names = st.merged()
     x = torch.randn(2, *adapter.sample_shape(), generator=torch.Generator().manual_seed(1))
     c = adapter.encode(["3", "1"])
     with torch.no_grad():
         assert torch.allclose(adapter.eps(merged.eval(), x, 10, c), adapter.eps(st.model.eval(), x, 10, c), atol=1e-5)
-    edit = RA.unlearn(adapter, task, get_method("resalign").settings(None, TINY), RunContext())
+    edit = RA.unlearn(adapter, task, get_method("resalign").settings(None, {**TINY, "iterations": 1, "configs_per_step": 1}), RunContext())
     assert edit.params and all(n.endswith(tuple(f".{t}.weight" for t in RA.LORA_TARGETS)) for n in edit.params)
-    assert [e["step"] for e in edit.loss_log] == [1, 2] and edit.method == "resalign"
+    assert [e["step"] for e in edit.loss_log] == [1] and edit.method == "resalign"
     assert all(torch.equal(base[k], v) for k, v in adapter.unet.state_dict().items()), "the base model was modified"
 
 
