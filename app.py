@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from unlearning import ui, ui_zero123
+from unlearning import ui, ui_relearn, ui_zero123
 from unlearning.config import get_profile
 from unlearning.devices import DEVICE_CHOICES
 from unlearning.methods import METHODS
@@ -138,6 +138,8 @@ def build_demo() -> gr.Blocks:
                             relearn_btn = gr.Button("Relearning test: fine-tune the unlearned model on benign data", scale=1)
                             relearn_out = gr.Markdown("Does the concept come back when a user fine-tunes the unlearned model "
                                                       "on other concepts? (ResAlign's test; paper settings, twin-tuned where measured)")
+                        relearn_table = gr.Markdown("")
+                        relearn_history = gr.State([])
 
             with gr.Tab("Scaling: many concepts at once"):
                 gr.Markdown(ui.SCALING_INTRO)
@@ -219,7 +221,8 @@ def build_demo() -> gr.Blocks:
             finally:
                 cancel.set()  # a cancelled or closed event stops the method at its next step
 
-        relearn_btn.click(ui.relearn_test, folder_state, relearn_out, concurrency_id="gpu", api_visibility="private")
+        relearn_btn.click(ui_relearn.relearn_with_table, [folder_state, relearn_history], [relearn_out, relearn_history, relearn_table],
+                          concurrency_id="gpu", api_visibility="private")
         export_btn.click(ui.export_model, folder_state, [export_file, export_status], api_visibility="private")
         scaling_btn.click(ui.scaling_stream, [scaling_counts, scaling_methods],
                           [scaling_forget, scaling_retain, scaling_table], concurrency_id="gpu", api_visibility="private")

@@ -181,10 +181,34 @@ def test_cli_end_to_end(tmp_path, tiny_model, capsys, profile_file):
 
 
 def test_app_handler_runs_the_test_on_the_last_run(tmp_path, tiny_model, capsys, profile_file):
-    from unlearning import ui
+    from unlearning import ui, ui_relearn
 
     out = tiny_run(tmp_path, tiny_model, capsys)
     assert "Run an unlearning first" in next(ui.relearn_test(None))
-    messages = list(ui.relearn_test(str(out), {**TINY_RELEARN, "steps": 1}))
+    outputs = list(ui_relearn.relearn_with_table(str(out), [], {**TINY_RELEARN, "steps": 1}))
+    messages = [m for m, _, _ in outputs]
     assert messages[0].startswith("Fine-tuning") and "| after fine-tune |" in messages[-1] and "Relearn gap" in messages[-1]
+    history, table = outputs[-1][1], outputs[-1][2]
+    assert [h["row"]["method"] for h in history] == ["esd"] and "| esd |" in table
     assert list(ui.relearn_test(str(tmp_path / "none")))[-1].startswith("**Could not run the relearning test:**")
+
+
+def test_comparison_table_keeps_one_row_per_method_on_the_same_seeds():
+    from unlearning import ui_relearn
+
+    def result(method: str, after: float, seeds: dict) -> dict:
+        rows = [{"model": m, "forget_rate": f, "retain_accuracy": 0.9} for m, f in
+                (("original", 1.0), ("after unlearning", 0.0), ("after fine-tune", after))]
+        return {"method": method, "model": "digits", "forget": ["3"], "settings": {"lr": 1e-3},
+                "report": {"rows": rows, "relearn_gap": after, "seeds": seeds, "n_forget": 2}}
+
+    same, other = {"forget:3": [0, 1]}, {"forget:3": [5, 6]}
+    history = ui_relearn.add_result([], result("esd", 0.5, same))
+    history = ui_relearn.add_result(history, result("resalign", 0.1, same))
+    history = ui_relearn.add_result(history, result("esd", 0.25, same))  # a re-run replaces the method's row
+    table = ui_relearn.comparison_markdown(history)
+    assert [h["row"]["method"] for h in history] == ["resalign", "esd"]
+    assert "| esd | 1.00 | 0.00 | 0.25 | +0.25 |" in table and "| resalign | 1.00 | 0.00 | 0.10 |" in table
+    history = ui_relearn.add_result(history, result("uce", 0.0, other))  # other seeds: not comparable, hidden
+    table = ui_relearn.comparison_markdown(history)
+    assert "| uce |" in table and "| esd |" not in table and "2 earlier test(s)" in table

@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -299,9 +299,10 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     return archive, f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
 
 
-def relearn_test(run_folder: str | None, overrides: dict | None = None) -> Iterator[str]:
+def relearn_test(run_folder: str | None, overrides: dict | None = None, results: list | None = None) -> Iterator[str]:
     """The relearning test on the last run (ResAlign's threat model): fine-tune the unlearned model on
-    benign data, then forget rate and retain accuracy of original / unlearned / fine-tuned, same seeds."""
+    benign data, then forget rate and retain accuracy of original / unlearned / fine-tuned, same seeds.
+    ``results`` (when given) receives the report with the method, model, concepts and attack settings."""
     from .attacks.relearn import relearn, relearn_report, relearn_settings
     from .methods.base import RunContext
     from .runs import load_run
@@ -322,6 +323,9 @@ def relearn_test(run_folder: str | None, overrides: dict | None = None) -> Itera
     except UnlearningError as exc:
         yield f"**Could not run the relearning test:** {exc}"
         return
+    if results is not None:
+        results.append({"method": run.spec.name, "model": run.model_id or str(r.model), "forget": run.task.forget,
+                        "settings": asdict(settings), "report": report, "relearn_s": result.timings.get("relearn_s")})
 
     def cell(v):
         return "n/a" if v is None else f"{v:.2f}"

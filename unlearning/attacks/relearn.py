@@ -31,11 +31,11 @@ from ..compare import ComparisonPlan, ComparisonState, plan_comparison, score
 from ..edit import Edit
 from ..errors import DivergedError, InputError
 from ..methods.base import ConceptPool, RunContext, UnlearnTask, build_settings, denoising_loss, setting
+from ..methods.resalign import LORA_TARGETS, inject_lora  # noqa: F401 (LORA_TARGETS: re-exported)
 from ..models.base import FamilyAdapter
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection (self and cross)
 
 
 @dataclass
@@ -100,15 +100,7 @@ def unlearned_copy(adapter: FamilyAdapter, edit: Edit) -> torch.nn.Module:
 
 def _with_lora(unet: torch.nn.Module, settings: RelearnSettings) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
     """A copy of ``unet`` with LoRA adapters injected by peft; returns it and its LoRA layers by module name."""
-    import copy
-
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
-
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.lora_alpha, target_modules=list(LORA_TARGETS), lora_dropout=0.0)
-    lora = inject_adapter_in_model(config, copy.deepcopy(unet))
-    layers = {n: m for n, m in lora.named_modules() if isinstance(m, LoraLayer)}
-    return lora, layers
+    return inject_lora(unet, settings.rank, settings.lora_alpha)
 
 
 def relearn(adapter: FamilyAdapter, edit: Edit, task: UnlearnTask, settings: RelearnSettings,

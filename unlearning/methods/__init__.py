@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from . import esd, finetune, gradient_ascent, salun, scapre, uce, vdu
+from . import esd, finetune, gradient_ascent, resalign, salun, scapre, uce, vdu
 from .base import build_settings, settings_fields
 
 
@@ -109,6 +109,20 @@ METHODS: dict[str, MethodSpec] = {
             unlearn=vdu.unlearn,
             families=("class-conditional",),
             tuned={"digits": {"iterations": 15, "batch_size": 64}},
+        ),
+        MethodSpec(
+            name="resalign",
+            label="ResAlign (unlearning that survives fine-tuning)",
+            summary="Gradient ascent on the concept plus distillation to the original on the rest, trained so the concept "
+            "stays gone after simulated downstream fine-tunes (implicit-function hypergradient, many fine-tuning setups). "
+            "Rank-4 LoRA on the attention projections, merged at the end.",
+            citation="Li et al., Towards Resilient Safety-driven Unlearning for Diffusion Models against Downstream "
+            "Fine-tuning, NeurIPS 2025",
+            settings_cls=resalign.ResAlignSettings,
+            unlearn=resalign.unlearn,
+            # twin scale: simulated fine-tunes at the relearning test's learning rates (5e-4 on digits), fewer and shorter runs
+            tuned={twin: {"iterations": 40, "lr": 1e-3, "batch_size": 16, "data_size": 32, "ft_lrs": "1e-3,5e-4,1e-4",
+                          "ft_steps": "2,5,10", "ft_batch_size": 8} for twin in ("digits", "shapes-sd")},
         ),
         MethodSpec(
             name="uce",
