@@ -159,6 +159,9 @@ def build_tab() -> None:
         with gr.Accordion("or upload the input views (real Zero123: objects on a white background)", open=False), gr.Row():
             forget_image = gr.Image(type="filepath", label="forget view (replaces the forget object)", height=160)
             override_image = gr.Image(type="filepath", label="override view", height=160)
+        demo = sorted((nv.MODELS["shapes-3d"] / "demo").glob("*.png"))
+        if demo:
+            gr.Examples([[str(p)] for p in demo], inputs=[forget_image], label="demo input views (64 px renders; the twin resizes them to 32)")
         with gr.Accordion("settings: timestep skipping and training", open=False), gr.Row():
             skipping = gr.Checkbox(True, label="dynamic timestep skipping")
             compare_plain = gr.Checkbox(True, label="also run without skipping (measures the speedup; doubles the time)")

@@ -327,7 +327,26 @@ def train_twin(out: Path, *, vae_minutes: float, minutes: float, vae_steps: int,
         "seed": seed, "torch": torch.__version__,
     }
     (out / "training_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_demo_views(out)
     return summary
+
+
+DEMO_OBJECTS = ["blue pyramid", "blue cube", "red sphere", "green cylinder", "orange torus", "purple octahedron"]
+
+
+def write_demo_views(model_dir: Path, size: int = 64) -> list[Path]:
+    """Input views (polar 75, azimuth 0) the Zero123 tab offers as examples: assets/shapes-3d/demo/*.png."""
+    from PIL import Image
+
+    out = model_dir / "demo"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for name in DEMO_OBJECTS:
+        colour, shape = name.split()
+        path = out / f"{colour}_{shape}.png"
+        Image.fromarray(r3d.render(r3d.Object3D(shape, colour), 75.0, 0.0, size=size)).save(path)
+        paths.append(path)
+    return paths
 
 
 def load_evaluator(model_dir: Path) -> ImageClassifier:
