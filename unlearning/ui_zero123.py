@@ -168,7 +168,7 @@ def build_tab() -> None:
             n_ref = gr.Dropdown([3, 4, 8], value=4, label="reference azimuths")
             skip = gr.Slider(0, 24, value=12, step=4, label="steps skipped (of 32)")
             dynamic = gr.Checkbox(False, label="near/far rule (16 within 20°, else 8)")
-            epochs = gr.Number(6, precision=0, label="epochs")
+            epochs = gr.Number(4, precision=0, label="epochs")
         with gr.Row():
             run_btn = gr.Button("Run", variant="primary")
             cancel_btn = gr.Button("Cancel")
