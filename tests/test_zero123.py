@@ -245,3 +245,18 @@ def test_skip3d_on_the_twin_moves_forget_views_towards_the_override_and_keeps_re
     for r in ("remain 1", "remain 2"):
         assert ssim[(r, "unlearned", "own")] > ssim[(r, "original", "own")] - 0.06
     assert result["timings"]["unet_evals_skipping"] > 0 and result["loss_log"]
+
+
+def test_tab_helpers_map_tiles_to_pairs_and_plot_only_readable_curves():
+    from unlearning import ui_zero123 as uz
+
+    state = {"view_azimuths": [0.0, 90.0], "grids": {"forget": {"original": ["o0", "o1"], "unlearned": ["u0", "u1"]},
+                                                      "remain 1": {"original": ["r0", "r1"], "unlearned": ["s0", "s1"]}}}
+    assert uz.tile_pair(state, 0) is None  # the input-view column
+    assert uz.tile_pair(state, 2) == ("o1", "u1")
+    assert uz.tile_pair(state, 3 + 1) == ("o0", "u0")  # the forget's unlearned row: same pair
+    assert uz.tile_pair(state, 6 + 2) == ("r1", "s1")
+    log = [{"step": 1, "loss": -1e4, "fake_loss": 0.3, "forget_gap": 0.5}, {"step": 2, "loss": -2e4, "fake_loss": 0.2, "forget_gap": float("nan")}]
+    frame = uz.loss_frame({"loss_log": log})
+    assert len(frame) == 3 and frame["value"].dtype == float and frame["value"].abs().max() < 1  # no surrogate loss
+    assert len(uz.loss_frame(None)) == 0

@@ -95,10 +95,18 @@ def timings_markdown(result: dict) -> str:
     return "\n\n".join(lines)
 
 
-def loss_frame(result: dict) -> pd.DataFrame:
-    rows = [{"step": e["step"], "value": e["loss"], "curve": "generator loss"} for e in result["loss_log"]]
-    rows += [{"step": e["step"], "value": e["fake_loss"], "curve": "fake-score loss"} for e in result["loss_log"]]
-    return pd.DataFrame(rows, columns=["step", "value", "curve"])
+LOSS_COLUMNS = {"step": "int64", "value": "float64", "curve": "object"}
+
+
+def loss_frame(result: dict | None) -> pd.DataFrame:
+    """The fake-score loss and the forget gap (mean |teacher's override view - G's forget view|, should fall) per
+    step; the generator's surrogate loss is left out: its scale says nothing (it is a gradient carrier)."""
+    rows = []
+    for e in (result or {}).get("loss_log", []):
+        rows.append({"step": e["step"], "value": e["fake_loss"], "curve": "fake-score loss"})
+        if math.isfinite(e.get("forget_gap", float("nan"))):
+            rows.append({"step": e["step"], "value": e["forget_gap"], "curve": "forget gap (teacher's override view vs G)"})
+    return pd.DataFrame(rows, columns=list(LOSS_COLUMNS)).astype(LOSS_COLUMNS)
 
 
 def run_tab(model, forget, forget_image, override, override_image, remain, target, polar, seed, skipping, n_ref, skip,
@@ -174,7 +182,8 @@ def build_tab() -> None:
             cancel_btn = gr.Button("Cancel")
         status = gr.Markdown()
         gallery = gr.Gallery(label="views around the object: original row above unlearned row (first column: the input view); "
-                             "click a tile to compare", columns=9, object_fit="contain", height="auto", preview=False)
+                             "click a tile to compare", columns=9, object_fit="contain", height="auto", preview=False,
+                             allow_preview=False)
         with gr.Row():
             slider = gr.ImageSlider(label="original | unlearned", type="pil", max_height=320, scale=1)
             with gr.Column(scale=2):
@@ -182,8 +191,7 @@ def build_tab() -> None:
                                        headers=METRIC_COLUMNS, wrap=True)
                 sampling = gr.Dataframe(label="sampling with skipping (unlearned model, every training view of every input)", headers=SAMPLING_COLUMNS)
         timings = gr.Markdown()
-        losses = gr.LinePlot(pd.DataFrame(columns=["step", "value", "curve"]), x="step", y="value", color="curve",
-                             label="losses", height=220)
+        losses = gr.LinePlot(loss_frame(None), x="step", y="value", color="curve", label="training curves", height=220)
         state = gr.State(None)
 
         def on_run(m, f, fi, o, oi, r, tg, p, sd, sk, nr, k, dy, ep, cp, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
