@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_dir
 from .embedded import render3d as r3d
 from .errors import InputError
 from .methods.base import RunContext, build_settings
@@ -30,7 +31,7 @@ from .methods.skip3d import TUNED, Skip3DSettings, ViewTask, sample_views, train
 from .metrics.fid import evaluator_fid
 from .metrics.image import MetricUnavailable, lpips_per_pair, lpips_status, psnr_per_pair, ssim_per_pair
 from .models.catalog import ASSETS, hub_availability
-from .models.zero123 import PIPELINE_CLASS, Zero123, load_image
+from .models.zero123 import Zero123, load_image
 
 MODELS = {"shapes-3d": ASSETS / "shapes-3d"}
 HUB_MODELS = ("kxic/zero123-165000", "kxic/zero123-xl")
@@ -80,14 +81,6 @@ def load(model: str) -> tuple[str, Zero123]:
                     m.to("cuda")
             _cache[model_id] = pipe
         return model_id, _cache[model_id]
-
-
-def is_twin(model_id: str) -> bool:
-    return model_id in MODELS
-
-
-def twin_info(model_id: str) -> dict:
-    return json.loads((MODELS[model_id] / "twin.json").read_text()) if is_twin(model_id) else {}
 
 
 def object_from_name(name: str) -> r3d.Object3D:
@@ -313,9 +306,6 @@ def summary_rows(result: dict) -> list[list]:
              else "unavailable", f(m.get("shape_rate"), 2) if "shape_rate" in m else "—"] for m in result["metrics"]]
 
 
-def is_zero123_index(meta: dict) -> bool:
-    return meta.get("_class_name") == PIPELINE_CLASS or "cc_projection" in meta
-
 
 def grid_image(result: dict):
     """One PNG-able image: per input, the input view then its views; original row above unlearned row."""
@@ -333,13 +323,7 @@ def grid_image(result: dict):
 def write_result(result: dict, out: Path, *, save_model: bool = False) -> Path:
     """result.json + views.png (+ model/ in Zero123's layout with the unlearned UNet), written to a temp folder
     beside ``out`` and renamed into place, so a failed write leaves nothing half-done."""
-    import shutil
-    import tempfile
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # refuses a non-empty folder
         keep = {k: result[k] for k in ("model", "settings", "seed", "input_polar", "view_azimuths", "labels", "metrics", "sampling",
                                        "timings", "notes", "lpips", "loss_log")}
         (tmp / "result.json").write_text(json.dumps(keep, indent=2) + "\n")
@@ -349,12 +333,4 @@ def write_result(result: dict, out: Path, *, save_model: bool = False) -> Path:
             edited = Zero123(vae=pipe.vae, image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor,
                              unet=result["unet"], scheduler=pipe.scheduler, cc_projection=pipe.cc_projection)
             edited.save_pretrained(tmp / "model", extra_index={"_unlearning_edit": "skip3d"})
-        if out.exists():
-            if any(out.iterdir()):
-                raise InputError(f"output folder '{out}' is not empty; choose an empty or new folder.")
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -249,7 +249,7 @@ def generate(model: Zero123, inputs01: torch.Tensor, d_polar, d_azimuth, *, step
     """Plain DDIM sampling (no skipping): one view per row of (input, d_polar, d_azimuth); images in [0, 1]."""
     embeds, latents = model.encode_images(inputs01)
     cond = model.condition(embeds, latents, pose_vector(d_polar, d_azimuth))
-    sched = build_scheduler() if model.scheduler is None else DDIMScheduler.from_config(model.scheduler.config)
+    sched = DDIMScheduler.from_config(model.scheduler.config)
     sched.set_timesteps(steps)
     x = torch.randn((len(cond), *model.latent_shape), generator=torch.Generator().manual_seed(seed))
     for t in sched.timesteps:

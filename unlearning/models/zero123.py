@@ -30,8 +30,6 @@ Real checkpoints ship ``cc_projection`` as a module of a community pipeline file
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
+from ..atomic import atomic_dir
 from ..errors import InputError
 
 PIPELINE_CLASS = "Zero1to3StableDiffusionPipeline"  # the class name in the real checkpoints' model_index.json
@@ -79,9 +78,6 @@ class Condition:
 
     def __len__(self) -> int:
         return len(self.token)
-
-    def repeat(self, n: int) -> Condition:
-        return Condition(self.token.repeat_interleave(n, 0), self.latent.repeat_interleave(n, 0))
 
     def index(self, idx) -> Condition:
         return Condition(self.token[idx], self.latent[idx])
@@ -125,11 +121,8 @@ class Zero123:
         return cls(**parts)
 
     def save_pretrained(self, out: str | Path, extra_index: dict | None = None) -> None:
-        """Write the real checkpoints' layout atomically (a temp folder renamed into place)."""
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        try:
+        """Write the real checkpoints' layout atomically (a temp folder renamed into place, replacing ``out``)."""
+        with atomic_dir(out, replace=True) as tmp:
             for name in ("vae", "image_encoder", "unet", "cc_projection"):
                 getattr(self, name).save_pretrained(tmp / name, safe_serialization=True)
             self.feature_extractor.save_pretrained(tmp / "feature_extractor")
@@ -146,12 +139,6 @@ class Zero123:
                 **(extra_index or {}),
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     # ---- properties ----
     @property
@@ -244,11 +231,6 @@ def load_image(image, size: int) -> tuple[torch.Tensor, list[str]]:
 
 
 def wrap_degrees(angle):
-    """Angle difference folded into (-180, 180]."""
-    return (np.asarray(angle) + 180.0) % 360.0 - 180.0 if np.ndim(angle) else ((angle + 180.0) % 360.0) - 180.0
-
-
-def ddim_timesteps(scheduler: DDIMScheduler, steps: int) -> torch.Tensor:
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps.clone()
+    """Angle difference folded into [-180, 180)."""
+    return (np.asarray(angle, dtype=float) + 180.0) % 360.0 - 180.0
 
