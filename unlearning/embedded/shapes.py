@@ -177,7 +177,16 @@ def train_evaluator(*, n_train: int, epochs: int, seed: int, vae: AutoencoderKL 
         x[half] = vae_round_trip(vae, x[half])
     xt, (yst, yct) = to_tensor(test_images) * 0.5 + 0.5, label_arrays(test_specs)
     heads = [["shape", list(data.SHAPES)], ["colour", list(data.COLOURS)]]  # output order
+    return fit_shape_colour_evaluator(x, ys, yc, heads, xt, yst, yct, epochs=epochs, seed=seed, vae=vae)
+
+
+def fit_shape_colour_evaluator(x, ys, yc, heads, xt, yst, yct, *, epochs: int, seed: int, vae: AutoencoderKL | None = None
+                               ) -> tuple[ImageClassifier, dict]:
+    """Train a two-head (shape, colour) ImageClassifier on images ``x`` in [0, 1] with labels ``ys``/``yc``;
+    held-out accuracy on ``xt`` (and on its VAE round trips when ``vae`` is given). Shared by the shapes-sd
+    and shapes-3d evaluators."""
     model = ImageClassifier(in_channels=3, num_classes=16, widths=(32, 64, 96), feature_dim=64, class_names=None, heads=heads)
+    n_train = len(x)
     steps = epochs * math.ceil(n_train / 128)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)

@@ -37,7 +37,7 @@ from ..metrics.image import psnr_per_pair, ssim_per_pair
 from ..models.zero123 import CCProjection, Zero123, pose_vector
 from . import render3d as r3d
 from .classifier import ImageClassifier
-from .shapes import build_vae, normalise_latents, vae_round_trip
+from .shapes import build_vae, fit_shape_colour_evaluator, normalise_latents, vae_round_trip
 
 log = logging.getLogger("unlearning.shapes3d")
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "shapes-3d"
@@ -141,31 +141,7 @@ def train_evaluator(views: np.ndarray, vae, *, epochs: int, seed: int) -> tuple[
     yst = torch.tensor([r3d.SHAPES.index(o.shape) for o in r3d.all_objects()]).repeat_interleave(2 * 9)
     yct = torch.tensor([list(r3d.COLOURS).index(o.colour) for o in r3d.all_objects()]).repeat_interleave(2 * 9)
     heads = [["shape", list(r3d.SHAPES)], ["colour", list(r3d.COLOURS)]]
-    model = ImageClassifier(in_channels=3, num_classes=16, widths=(32, 64, 96), feature_dim=64, class_names=None, heads=heads)
-    steps = epochs * math.ceil(len(x) / 128)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), 128):
-            idx = perm[i : i + 128]
-            out = model.head_logits(x[idx])
-            loss = F.cross_entropy(out["shape"], ys[idx]) + F.cross_entropy(out["colour"], yc[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    acc = {}
-    with torch.no_grad():
-        for name, xs in (("", xt), ("vae_", vae_round_trip(vae, xt))):
-            out = model.head_logits(xs)
-            acc[f"{name}shape"] = float((out["shape"].argmax(1) == yst).float().mean())
-            acc[f"{name}colour"] = float((out["colour"].argmax(1) == yct).float().mean())
-    log.info("evaluator held-out accuracy %s", acc)
-    return model, acc
+    return fit_shape_colour_evaluator(x, ys, yc, heads, xt, yst, yct, epochs=epochs, seed=seed, vae=vae)
 
 
 # ---- the Zero123 model ------------------------------------------------------------------------------
