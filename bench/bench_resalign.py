@@ -1,14 +1,16 @@
 """Does the concept come back after a benign fine-tune? ESD, gradient ascent and ResAlign side by side.
 
     python bench/bench_resalign.py [--model digits] [--forget 3] [--methods esd,gradient_ascent,resalign]
-                                   [--attack lr=1e-3 --attack steps=200] [--set resalign.iterations=40]
+                                   [--attack lr=1e-3 --attack steps=200] [--also "few-shot 8:forget_shots=8,data_size=4"]
+                                   [--set resalign.iterations=40]
                                    [--forget-samples 32] [--retain-samples 4] [--seed 0] [--out bench/results/resalign.json]
 
 Each method unlearns with the twin-tuned settings (+ --set METHOD.KEY=VALUE), then the same relearning
 attack (the downstream user's fine-tune on the retained concepts only; unlearning.attacks.relearn,
 twin-tuned values + --attack KEY=VALUE) runs on every edit, and all three stages are scored on the same
-seeds by the comparison engine. Prints a Markdown table and writes the rows (with every setting and
-the attack) to --out atomically. CPU is fine; a GPU is used when present (--device).
+seeds by the comparison engine. Each --also LABEL:KEY=VALUE,... adds one more attack (the base attack's
+settings with those changed) that every edit also goes through, e.g. the few-shot relearning attack.
+Prints a Markdown table and writes the rows (with every setting and attack) to --out atomically. CPU is fine; a GPU is used when present (--device).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main() -> None:
     parser.add_argument("--forget", default="3")
     parser.add_argument("--methods", default="esd,gradient_ascent,resalign")
     parser.add_argument("--attack", action="append", default=[], metavar="KEY=VALUE", help="relearning setting")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                        help="one more attack: the base attack with these settings changed")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE", help="method setting")
     parser.add_argument("--forget-samples", type=int, default=32)
     parser.add_argument("--retain-samples", type=int, default=4)
@@ -61,6 +65,12 @@ def main() -> None:
     forget = [adapter.validate_concept(c.strip()) for c in args.forget.split(",") if c.strip()]
     task = UnlearnTask(forget=forget, retain=adapter.default_retain(forget), seed=args.seed)
     attack = relearn_settings(model_id, parse_pairs(args.attack))
+    attacks = {"benign" if not attack.forget_shots else f"{attack.forget_shots}-shot": attack}
+    for item in args.also:
+        label, sep, pairs = item.partition(":")
+        if not sep or not label.strip():
+            raise SystemExit(f"error: --also expects LABEL:KEY=VALUE,..., got {item!r}")
+        attacks[label.strip()] = relearn_settings(model_id, {**parse_pairs(args.attack), **parse_pairs(pairs.split(","))})
     overrides: dict[str, dict] = {}
     for key, value in parse_pairs(args.set).items():
         method, _, field = key.partition(".")
@@ -75,10 +85,10 @@ def main() -> None:
 
     rows = []
     t0 = time.perf_counter()
-    for row in compare_relearning(adapter, model_id, task, methods, attack, forget_samples=args.forget_samples,
+    for row in compare_relearning(adapter, model_id, task, methods, attacks, forget_samples=args.forget_samples,
                                   retain_samples=args.retain_samples, overrides=overrides, ctx=RunContext(on_step)):
         rows.append(row)
-        print(f"  {row['method']}: unlearn {row['unlearn_s']:.0f} s, relearn {row['relearn_s']:.0f} s, forget "
+        print(f"  {row['method']} / {row['attack']}: unlearn {row['unlearn_s']:.0f} s, relearn {row['relearn_s']:.0f} s, forget "
               f"{row['forget_unlearned']:.2f} -> {row['forget_finetuned']:.2f}", flush=True)
     print()
     print(format_comparison(rows))
@@ -86,7 +96,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {"model": args.model, "forget": forget, "retain": task.retain, "seed": args.seed,
             "forget_samples": args.forget_samples, "retain_samples": args.retain_samples,
-            "attack": dataclasses.asdict(attack), "rows": rows, "seconds": time.perf_counter() - t0,
+            "attacks": {k: dataclasses.asdict(v) for k, v in attacks.items()}, "rows": rows, "seconds": time.perf_counter() - t0,
             "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(adapter.device),
                         "cpu": platform.processor() or platform.machine()},
             "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}

@@ -212,3 +212,36 @@ def test_comparison_table_keeps_one_row_per_method_on_the_same_seeds():
     history = ui_relearn.add_result(history, result("uce", 0.0, other))  # other seeds: not comparable, hidden
     table = ui_relearn.comparison_markdown(history)
     assert "| uce |" in table and "| esd |" not in table and "2 earlier test(s)" in table
+
+
+def test_few_shot_attack_adds_the_forgotten_concept_and_benign_never_does(adapter, task, edit, monkeypatch):
+    """forget_shots = 0 (the paper's benign test) never draws the forgotten concept; k > 0 draws k images of it."""
+    built: list[tuple[list[str], int]] = []
+    real = R.ConceptPool.build
+
+    def spy(adapter_, concepts, per_concept, seed, condition_on=None):
+        built.append((list(concepts), per_concept))
+        return real(adapter_, concepts, per_concept, seed, condition_on)
+
+    monkeypatch.setattr(R.ConceptPool, "build", spy)
+    R.relearn(adapter, edit, task, R.relearn_settings(None, {**TINY_RELEARN, "steps": 1}))
+    assert built and all("3" not in concepts for concepts, _ in built), built
+    built.clear()
+    result = R.relearn(adapter, edit, task, R.relearn_settings(None, {**TINY_RELEARN, "steps": 1, "forget_shots": 3}))
+    assert (["3"], 3) in built, built
+    assert result.edit.settings["relearn"]["forget_shots"] == 3
+    with pytest.raises(InputError, match="forget_shots"):
+        R.relearn_settings(None, {"forget_shots": -1})
+
+
+def test_comparison_table_gets_an_attack_column_only_with_several_attacks():
+    from unlearning.attacks.comparison import format_comparison
+
+    row = {"method": "esd", "forget_original": 1.0, "forget_unlearned": 0.0, "forget_finetuned": 0.5, "relearn_gap": 0.5,
+           "retain_unlearned": 0.9, "retain_finetuned": 0.8, "fid_unlearned": 10.0, "fid_finetuned": 12.0, "n_forget": 32}
+    plain = format_comparison([row])
+    assert "attack" not in plain.splitlines()[0] and "| esd | 1.00 | 0.00 | 0.50 | +0.50 |" in plain
+    two = format_comparison([{**row, "attack": "benign"}, {**row, "attack": "8-shot", "forget_finetuned": 1.0}])
+    lines = two.splitlines()
+    assert "| attack |" in lines[0] and lines[1].count("|") == lines[0].count("|")
+    assert "| esd | 8-shot | 1.00 | 0.00 | 1.00 |" in two

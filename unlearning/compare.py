@@ -102,6 +102,19 @@ class ComparisonState:
         return [i for i, (g, _, _) in enumerate(self.plan.items[: len(self.original)]) if g == group]
 
 
+def generate_plan(adapter: FamilyAdapter, unet: torch.nn.Module, plan: ComparisonPlan) -> tuple[list[torch.Tensor], float]:
+    """Every image of the plan from one UNet, in one go (same seeds and sampler as :func:`iter_comparison`);
+    returns the images and the seconds it took."""
+    images: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(plan.items), plan.batch_size):
+        batch = plan.items[start : start + plan.batch_size]
+        images.extend(adapter.generate([c for _, c, _ in batch], [s for _, _, s in batch], unet=unet,
+                                       num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
+                                       sampler=plan.sampler))
+    return images, time.perf_counter() - t0
+
+
 def iter_comparison(adapter: FamilyAdapter, edited_unet: torch.nn.Module, plan: ComparisonPlan,
                     task: UnlearnTask, unlearn_s: float | None = None) -> Iterator[ComparisonState]:
     """Generate batch by batch, yielding the growing state with fresh metrics after each batch."""

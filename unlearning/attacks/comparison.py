@@ -9,7 +9,7 @@ which the bench script prints and the app shows.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 
 from ..methods import get_method
@@ -45,9 +45,10 @@ def comparison_row(method: str, report: dict, *, unlearn_s: float | None = None,
 
 
 def compare_relearning(adapter: FamilyAdapter, model_id: str | None, task: UnlearnTask, methods: Sequence[str],
-                       attack: RelearnSettings, *, forget_samples: int = 32, retain_samples: int = 4,
+                       attacks: Mapping[str, RelearnSettings], *, forget_samples: int = 32, retain_samples: int = 4,
                        overrides: dict[str, dict] | None = None, ctx: RunContext | None = None) -> Iterator[dict]:
-    """Yield one comparison row per method (twin-tuned settings + ``overrides[method]``), same seeds for all."""
+    """One row per (method, attack): each method unlearns once (twin-tuned settings + ``overrides[method]``)
+    and its edit goes through every attack in ``attacks`` (label -> settings); same seeds for all."""
     ctx = ctx or RunContext()
     for name in methods:
         spec = get_method(name)
@@ -55,11 +56,12 @@ def compare_relearning(adapter: FamilyAdapter, model_id: str | None, task: Unlea
         t0 = time.perf_counter()
         edit = spec.unlearn(adapter, task, settings, ctx)
         unlearn_s = time.perf_counter() - t0
-        result = relearn(adapter, edit, task, attack, ctx)
-        report = relearn_report(adapter, task, edit, result.edit, forget_samples, task.seed, retain_samples=retain_samples)
-        row = comparison_row(spec.name, report, unlearn_s=unlearn_s, relearn_s=result.timings.get("relearn_s"))
-        row["settings"] = asdict(settings)
-        yield row
+        for label, attack in attacks.items():
+            result = relearn(adapter, edit, task, attack, ctx)
+            report = relearn_report(adapter, task, edit, result.edit, forget_samples, task.seed, retain_samples=retain_samples)
+            row = comparison_row(spec.name, report, unlearn_s=unlearn_s, relearn_s=result.timings.get("relearn_s"))
+            row.update(attack=label, settings=asdict(settings), attack_settings=asdict(attack))
+            yield row
 
 
 def format_comparison(rows: Sequence[dict]) -> str:
@@ -67,11 +69,13 @@ def format_comparison(rows: Sequence[dict]) -> str:
     def cell(v, fmt: str = "{:.2f}") -> str:
         return "n/a" if v is None else fmt.format(v)
 
-    lines = ["| method | forget: original | after unlearning | after fine-tune | relearn gap | retain acc. after unlearning "
-             "→ after fine-tune | evaluator-FID after unlearning → after fine-tune | n |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by_attack = any(r.get("attack") for r in rows)  # rows from several attacks: one more column
+    lines = ["| method |" + (" attack |" if by_attack else "") + " forget: original | after unlearning | after fine-tune | "
+             "relearn gap | retain acc. after unlearning → after fine-tune | evaluator-FID after unlearning → after fine-tune | n |",
+             "|---|" + ("---|" if by_attack else "") + "---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {cell(r['forget_original'])} | {cell(r['forget_unlearned'])} | "
+        attack = f" {r.get('attack') or ''} |" if by_attack else ""
+        lines.append(f"| {r['method']} |{attack} {cell(r['forget_original'])} | {cell(r['forget_unlearned'])} | "
                      f"{cell(r['forget_finetuned'])} | {cell(r['relearn_gap'], '{:+.2f}')} | "
                      f"{cell(r['retain_unlearned'])} → {cell(r['retain_finetuned'])} | "
                      f"{cell(r['fid_unlearned'], '{:.1f}')} → {cell(r['fid_finetuned'], '{:.1f}')} | {r.get('n_forget') or 'n/a'} |")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..compare import ComparisonPlan, ComparisonState, plan_comparison, score
+from ..compare import ComparisonState, generate_plan, plan_comparison, score
 from ..edit import Edit
 from ..errors import DivergedError, InputError
 from ..methods.base import ConceptPool, RunContext, UnlearnTask, build_settings, denoising_loss, setting
@@ -53,6 +53,9 @@ class RelearnSettings:
     lora_alpha: float = setting(4.0, "LoRA alpha; the update is scaled by alpha / r (mode = lora)", low=0.0, low_inclusive=False)
     data_size: int = setting(64, "benign samples drawn once per concept", low=1, high=100_000)
     benign: str = setting("", "benign concepts, comma-separated (empty: every retained concept); never a forgotten one")
+    forget_shots: int = setting(0, "images of each forgotten concept mixed into the fine-tune data, with the concept's own "
+                                "label: 0 = benign (the paper's test); k > 0 = the few-shot relearning attack, a stronger "
+                                "adversary who holds k examples of the concept", low=0, high=10_000)
 
     def benign_concepts(self, task: UnlearnTask) -> list[str]:
         """The concepts the user fine-tunes on; refuses any concept the edit was meant to forget."""
@@ -112,6 +115,9 @@ def relearn(adapter: FamilyAdapter, edit: Edit, task: UnlearnTask, settings: Rel
     benign = settings.benign_concepts(task)
     benign = [adapter.validate_concept(c) for c in benign] if adapter.concepts() else benign
     pool = ConceptPool.build(adapter, benign, settings.data_size, task.seed + 101)
+    if settings.forget_shots:  # few-shot relearning: k examples of each forgotten concept join the data
+        shots = ConceptPool.build(adapter, list(task.forget), settings.forget_shots, task.seed + 303)
+        pool = ConceptPool(torch.cat([pool.x0, shots.x0]), torch.cat([pool.cond, shots.cond]))
     # 2. the user's starting point theta_u, and what they train
     unet = unlearned_copy(adapter, edit)
     if settings.mode == "lora":
@@ -160,18 +166,6 @@ def relearn(adapter: FamilyAdapter, edit: Edit, task: UnlearnTask, settings: Rel
 
 # ---- the report ----------------------------------------------------------------------------------
 
-def _generate(adapter: FamilyAdapter, unet: torch.nn.Module, plan: ComparisonPlan) -> tuple[list[torch.Tensor], float]:
-    """Every image of the plan from one UNet (same seeds and sampler as the comparison engine)."""
-    images: list[torch.Tensor] = []
-    t0 = time.perf_counter()
-    for start in range(0, len(plan.items), plan.batch_size):
-        batch = plan.items[start : start + plan.batch_size]
-        images.extend(adapter.generate([c for _, c, _ in batch], [s for _, _, s in batch], unet=unet,
-                                       num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
-                                       sampler=plan.sampler))
-    return images, time.perf_counter() - t0
-
-
 def relearn_report(adapter: FamilyAdapter, task: UnlearnTask, edit: Edit, relearned_edit: Edit,
                    forget_samples: int = 16, seed: int = 0, *, retain_samples: int = 4,
                    num_inference_steps: int | None = None, guidance_scale: float | None = None) -> dict:
@@ -182,10 +176,10 @@ def relearn_report(adapter: FamilyAdapter, task: UnlearnTask, edit: Edit, relear
     """
     plan = plan_comparison(adapter, task, forget_samples=forget_samples, retain_samples=retain_samples, seed=seed,
                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-    original, t_orig = _generate(adapter, adapter.unet, plan)
+    original, t_orig = generate_plan(adapter, adapter.unet, plan)
     metrics = {}
     for key, e in (("unlearned", edit), ("relearned", relearned_edit)):
-        images, t = _generate(adapter, e.apply_to_copy(adapter.unet).eval(), plan)
+        images, t = generate_plan(adapter, e.apply_to_copy(adapter.unet).eval(), plan)
         state = ComparisonState(plan, original=original, unlearned=images, seconds={"original": t_orig, "unlearned": t})
         metrics[key] = score(adapter, state, task)
 
