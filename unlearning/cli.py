@@ -6,6 +6,7 @@
     python -m unlearning export --run DIR --out FILE --format delta|lora [--rank N]
     python -m unlearning export --run DIR --out DIR --format bundle [--push-to-hub owner/name]
     python -m unlearning bench scaling [--counts 1,2,4,8,16] [--methods scapre,uce,esd]
+    python -m unlearning bench vdu [--model digits] [--forget 3] [--methods vdu,ga,esd,salun] [--checkpoints 2,3,5] [--iterations 5,10]
     python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
     python -m unlearning methods [--model digits]
@@ -150,6 +151,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         args.settings = _parse_sets(args.set)
         return cmd_bench_classifier(args)
+    if args.which == "vdu":
+        return cmd_bench_vdu(args)
     from .scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     try:
@@ -158,8 +161,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError(f"--counts takes whole numbers separated by commas, got '{args.counts}'.") from None
     if not counts or min(counts) < 1 or max(counts) > 32:
         raise InputError("--counts must be between 1 and 32 concepts.")
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    cfg = ScalingConfig(model=args.model, counts=counts, methods=methods, seed=args.seed)
+    methods = tuple(m.strip() for m in (args.methods or "scapre,uce,esd").split(",") if m.strip())
+    cfg = ScalingConfig(model=args.model or "shapes-sd", counts=counts, methods=methods, seed=args.seed)
     rows = []
     for row in run_scaling(cfg):
         rows.append(row)
@@ -168,6 +171,55 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = save_results(rows, cfg, Path(args.out) if args.out else RESULTS)
     print(format_table(rows))
     print(f"written to {path}", file=sys.stderr)
+    return 0
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    from .errors import InputError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{flag} takes whole numbers separated by commas, got '{text}'.") from None
+
+
+def cmd_bench_vdu(args: argparse.Namespace) -> int:
+    """VDU vs gradient ascent / ESD / SalUn on one forget subset, K ablation; table to stdout, rows to --out."""
+    from . import data_constrained as D
+    from .atomic import write_text_atomic
+    from .errors import InputError
+    from .methods.base import RunContext, UnlearnTask
+    from .models.catalog import load_adapter, resolve
+    from .run import parse_forget
+
+    model = args.model or "digits"
+    if not args.forget and model != "digits":
+        raise InputError("name the concept to forget with --forget (the default, 3, is a digits concept).")
+    model_id, _, _ = resolve(model)
+    adapter = load_adapter(model, args.device)
+    forget, _ = parse_forget(adapter, [c.strip() for c in (args.forget or "3").split(",")])
+    task = UnlearnTask(forget=forget, retain=adapter.default_retain(forget), seed=args.seed)
+    overrides: dict[str, dict] = {}
+    for key, value in _parse_sets(args.set).items():
+        method, _, name = key.partition(".")
+        if not name:
+            raise InputError(f"--set for the VDU comparison is METHOD.KEY=VALUE (e.g. vdu.gamma=0.7), got '{key}'.")
+        overrides.setdefault(method, {})[name] = value
+    rows_to_run = D.variants([m.strip() for m in (args.methods or ",".join(D.METHODS)).split(",") if m.strip()],
+                             _ints(args.checkpoints, "--checkpoints"), _ints(args.iterations, "--iterations"), overrides,
+                             forget_size=args.forget_size)
+    print(f"{model}: forget {forget}, {len(task.retain)} retained concepts, seed {args.seed}, {len(rows_to_run)} runs", file=sys.stderr)
+    rows = []
+    for row in D.run_comparison(adapter, model_id, task, rows_to_run, forget_samples=args.forget_samples,
+                                retain_samples=args.retain_samples, ctx=RunContext()):
+        rows.append(row)
+        print(f"  {row['label']}: forget {row['forget_rate']}, u-FID {row['u_fid']}, retain {row['retain_accuracy']}", file=sys.stderr, flush=True)
+    print(D.format_table(rows))
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps({"model": model, "forget": forget, "retain": task.retain, "seed": args.seed,
+                                                       "forget_samples": args.forget_samples, "retain_samples": args.retain_samples,
+                                                       "rows": rows}, indent=2, default=str) + "\n")
+        print(f"written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -264,17 +316,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
     bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..16 concepts with several methods; "
                            "'classifier' = classifier unlearning (UAM's setting) vs retraining")
-    bench.add_argument("which", choices=["scaling", "classifier"])
-    bench.add_argument("--model", default="shapes-sd")
+    bench.add_argument("which", choices=["scaling", "classifier", "vdu"])
+    bench.add_argument("--model", default=None, help="scaling: default shapes-sd; vdu: default digits")
     bench.add_argument("--counts", default="1,2,4,8,16")
-    bench.add_argument("--methods", default="scapre,uce,esd")
+    bench.add_argument("--methods", default=None, help="scaling: default scapre,uce,esd; vdu: default vdu,ga,esd,salun")
+    bench.add_argument("--forget", default=None, help="vdu: concept(s) to forget (default 3 on digits)")
+    bench.add_argument("--checkpoints", default="2,3,5", help="vdu: VDU rows with these K (final weights + K - 1 snapshots)")
+    bench.add_argument("--iterations", default="", help="vdu: also sweep VDU and gradient ascent over these step counts")
+    bench.add_argument("--forget-size", type=int, default=None, help="vdu: images in the forget subset (default: VDU's tuned value)")
+    bench.add_argument("--forget-samples", type=int, default=32, help="vdu: comparison samples of the forget concept")
+    bench.add_argument("--retain-samples", type=int, default=8, help="vdu: comparison samples per retained concept")
+    bench.add_argument("--device", default="auto")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="results JSON (scaling: default bench/results/scaling.json)")
     bench.add_argument("--scenario", default="class", help="classifier: 'class' (forget a class) or 'random' (random samples)")
     bench.add_argument("--forget-class", type=int, default=3, help="classifier, class-wise: the class to forget")
     bench.add_argument("--fraction", type=float, default=0.1, help="classifier, random: share of the training split to forget")
     bench.add_argument("--train-epochs", type=int, default=15, help="classifier: epochs of the original and retrained model")
-    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="classifier: override a method setting")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="classifier: override a method setting (KEY=VALUE); vdu: METHOD.KEY=VALUE, METHOD one of vdu, ga, esd, salun")
     bench.add_argument("--no-torchunlearn", action="store_true", help="classifier: skip the torchunlearn row")
     bench.set_defaults(func=cmd_bench)
     z123 = sub.add_parser("zero123", help="novel-view unlearning (skip3d): forget object -> override object, with timings")

@@ -228,6 +228,17 @@ class ConceptPool:
                 cs.append(adapter.encode([adapter.prompt_for(label)] * per_concept))
         return cls(torch.cat(xs), torch.cat(cs))
 
+    @classmethod
+    def captioned(cls, adapter: FamilyAdapter, concepts: Sequence[str], per_concept: int, seed: int) -> ConceptPool:
+        """Data of ``concepts``, each sample conditioned on its own caption (``adapter.captioned_data``)."""
+        xs, cs = [], []
+        with torch.no_grad():
+            for i, concept in enumerate(concepts):
+                x0, captions = adapter.captioned_data(concept, per_concept, seed + 7919 * i)
+                xs.append(x0)
+                cs.append(adapter.encode(captions))
+        return cls(torch.cat(xs), torch.cat(cs))
+
     def batch(self, size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.x0), (size,), generator=g)
         return self.x0[idx], self.cond[idx]

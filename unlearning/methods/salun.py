@@ -99,7 +99,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: SalUnSettings, 
     forget = ConceptPool.build(adapter, task.forget, settings.data_size, task.seed)
     retain = ConceptPool.build(adapter, task.retain, settings.data_size, task.seed + 1)
     with torch.no_grad():
-        pseudo_conds = adapter.encode(task.retain)  # (R, T, D)
+        pseudo_conds = adapter.encode([adapter.prompt_for(c) for c in task.retain])  # (R, T, D)
     unet, names = trainable_copy(adapter, settings.group)
     g = torch.Generator().manual_seed(task.seed)
 

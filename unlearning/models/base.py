@@ -141,6 +141,11 @@ class FamilyAdapter(ABC):
         """x_0 samples (n, C, H, W) of a concept: real data where the family ships it,
         otherwise images sampled from the original model (data-free methods)."""
 
+    def captioned_data(self, concept: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """``concept_data`` with a caption per sample (here the concept's plain prompt; families whose data
+        has richer captions, such as the shapes twin's "a red star", override it)."""
+        return self.concept_data(concept, n, seed), [self.prompt_for(concept)] * n
+
     # ---- images <-> model space ---------------------------------------------------------------
     def to_images(self, x0: torch.Tensor) -> torch.Tensor:
         """Model space -> images in [0, 1] (B, C, H, W), float32 on CPU."""

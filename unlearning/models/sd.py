@@ -203,8 +203,8 @@ class StableDiffusionAdapter(FamilyAdapter):
         return hits
 
     # ---- data -------------------------------------------------------------------------------------
-    def reference_images(self, targets: Sequence[str], n_per: int, seed: int = 0) -> torch.Tensor | None:
-        """Real images of the targets (the twin's drawing code); None without a bundled generator."""
+    def _shape_specs(self, targets: Sequence[str], n_per: int, seed: int) -> list | None:
+        """Drawing specs of the shapes twin for the targets (n_per each), or None for any other model."""
         if self.twin.get("dataset") != "shapes":
             return None
         import numpy as np
@@ -212,23 +212,42 @@ class StableDiffusionAdapter(FamilyAdapter):
         from ..embedded import shapes_data as data
 
         rng = np.random.default_rng(seed)
-        out = []
+        specs = []
         for target in targets:
             words = target.split()
             shape = next((w for w in words if w in data.SHAPES), None)
             colour = next((w for w in words if w in data.COLOURS), None)
-            for _ in range(n_per):
-                out.append(data.render(data.random_spec(rng, shape=shape, colour=colour)))
-        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
+            specs += [data.random_spec(rng, shape=shape, colour=colour) for _ in range(n_per)]
+        return specs
+
+    @staticmethod
+    def _render(specs: list) -> torch.Tensor:
+        import numpy as np
+
+        from ..embedded import shapes_data as data
+
+        return torch.from_numpy(np.stack([data.render(s) for s in specs])).permute(0, 3, 1, 2).float() / 255
+
+    def reference_images(self, targets: Sequence[str], n_per: int, seed: int = 0) -> torch.Tensor | None:
+        """Real images of the targets (the twin's drawing code); None without a bundled generator."""
+        specs = self._shape_specs(targets, n_per, seed)
+        return None if specs is None else self._render(specs)
 
     def concept_data(self, concept: str, n: int, seed: int) -> torch.Tensor:
-        real = self.reference_images([concept], n, seed)
-        if real is not None:
-            return self.encode_images(real).to(self.dtype)
+        return self.captioned_data(concept, n, seed)[0]
+
+    def captioned_data(self, concept: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """Latents of the concept with a caption each: the twin's rendered images captioned with what they show
+        ("a red star"); for any other model, samples of the original model captioned with their prompt."""
+        specs = self._shape_specs([concept], n, seed)
+        if specs is not None:
+            captions = [f"{_article(s.colour)} {s.colour} {s.shape}" for s in specs]
+            return self.encode_images(self._render(specs)).to(self.dtype), captions
         seeds = [seed * 100_003 + i for i in range(n)]
         prompt = self.prompt_for(concept)
-        return torch.cat([self.denoise(self.initial_noise(seeds[i : i + 8]), self.encode([prompt] * len(seeds[i : i + 8])))
-                          for i in range(0, n, 8)])
+        latents = torch.cat([self.denoise(self.initial_noise(seeds[i : i + 8]), self.encode([prompt] * len(seeds[i : i + 8])))
+                             for i in range(0, n, 8)])
+        return latents, [prompt] * n
 
     def describe(self) -> dict:
         info = super().describe()
