@@ -138,6 +138,9 @@ def build_demo() -> gr.Blocks:
                             relearn_btn = gr.Button("Relearning test: fine-tune the unlearned model on benign data", scale=1)
                             relearn_out = gr.Markdown("Does the concept come back when a user fine-tunes the unlearned model "
                                                       "on other concepts? (ResAlign's test; paper settings, twin-tuned where measured)")
+                        relearn_shots = gr.Number(0, label="Images of the forgotten concept the fine-tuner also has", precision=0,
+                                                  minimum=0, maximum=10_000,
+                                                  info="0 = benign fine-tune (ResAlign's test); k > 0 = few-shot relearning, a stronger attack")
                         relearn_table = gr.Markdown("")
                         relearn_history = gr.State([])
 
@@ -221,7 +224,7 @@ def build_demo() -> gr.Blocks:
             finally:
                 cancel.set()  # a cancelled or closed event stops the method at its next step
 
-        relearn_btn.click(ui_relearn.relearn_with_table, [folder_state, relearn_history], [relearn_out, relearn_history, relearn_table],
+        relearn_btn.click(ui_relearn.relearn_with_table, [folder_state, relearn_history, relearn_shots], [relearn_out, relearn_history, relearn_table],
                           concurrency_id="gpu", api_visibility="private")
         export_btn.click(ui.export_model, folder_state, [export_file, export_status], api_visibility="private")
         scaling_btn.click(ui.scaling_stream, [scaling_counts, scaling_methods],

@@ -185,11 +185,15 @@ def test_app_handler_runs_the_test_on_the_last_run(tmp_path, tiny_model, capsys,
 
     out = tiny_run(tmp_path, tiny_model, capsys)
     assert "Run an unlearning first" in next(ui.relearn_test(None))
-    outputs = list(ui_relearn.relearn_with_table(str(out), [], {**TINY_RELEARN, "steps": 1}))
+    outputs = list(ui_relearn.relearn_with_table(str(out), [], overrides={**TINY_RELEARN, "steps": 1}))
     messages = [m for m, _, _ in outputs]
     assert messages[0].startswith("Fine-tuning") and "| after fine-tune |" in messages[-1] and "Relearn gap" in messages[-1]
     history, table = outputs[-1][1], outputs[-1][2]
-    assert [h["row"]["method"] for h in history] == ["esd"] and "| esd |" in table
+    assert [h["row"]["method"] for h in history] == ["esd"] and "| esd | benign fine-tune |" in table
+    # the few-shot attack (the number box beside the button) is said in the message and kept apart in the table
+    outputs = list(ui_relearn.relearn_with_table(str(out), history, 2.0, overrides={**TINY_RELEARN, "steps": 1}))
+    assert "2 image(s) of the forgotten concept" in outputs[0][0] and "+ 2 image(s) of 3" in outputs[-1][0]
+    assert "| esd | 2-shot relearning |" in outputs[-1][2] and "1 earlier test(s)" in outputs[-1][2]
     assert list(ui.relearn_test(str(tmp_path / "none")))[-1].startswith("**Could not run the relearning test:**")
 
 
@@ -208,7 +212,8 @@ def test_comparison_table_keeps_one_row_per_method_on_the_same_seeds():
     history = ui_relearn.add_result(history, result("esd", 0.25, same))  # a re-run replaces the method's row
     table = ui_relearn.comparison_markdown(history)
     assert [h["row"]["method"] for h in history] == ["resalign", "esd"]
-    assert "| esd | 1.00 | 0.00 | 0.25 | +0.25 |" in table and "| resalign | 1.00 | 0.00 | 0.10 |" in table
+    assert "| esd | benign fine-tune | 1.00 | 0.00 | 0.25 | +0.25 |" in table
+    assert "| resalign | benign fine-tune | 1.00 | 0.00 | 0.10 |" in table
     history = ui_relearn.add_result(history, result("uce", 0.0, other))  # other seeds: not comparable, hidden
     table = ui_relearn.comparison_markdown(history)
     assert "| uce |" in table and "| esd |" not in table and "2 earlier test(s)" in table

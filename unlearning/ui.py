@@ -313,8 +313,9 @@ def relearn_test(run_folder: str | None, overrides: dict | None = None, results:
     try:
         run, edit = load_run(Path(run_folder))
         settings = relearn_settings(run.model_id, overrides)
-        yield (f"Fine-tuning the unlearned model on benign data ({settings.mode}, {settings.steps} steps, lr {settings.lr:g}) "
-               "the way a downstream user would…")
+        data = (f"benign data plus {settings.forget_shots} image(s) of the forgotten concept (few-shot relearning attack)"
+                if settings.forget_shots else "benign data")
+        yield f"Fine-tuning the unlearned model on {data} ({settings.mode}, {settings.steps} steps, lr {settings.lr:g})…"
         result = relearn(run.adapter, edit, run.task, settings, RunContext())
         yield "Sampling original, unlearned and fine-tuned models on the run's seeds…"
         r = run.request
@@ -333,8 +334,9 @@ def relearn_test(run_folder: str | None, overrides: dict | None = None, results:
     lines = ["| model | forget rate ↓ | retain accuracy ↑ |", "|---|---:|---:|"]
     lines += [f"| {row['model']} | {cell(row['forget_rate'])} | {cell(row['retain_accuracy'])} |" for row in report["rows"]]
     gap = report["relearn_gap"]
+    shots = f" + {settings.forget_shots} image(s) of {', '.join(run.task.forget)}" if settings.forget_shots else ""
     lines += ["", f"**Relearn gap** (forget rate after the fine-tune − after unlearning): "
-              f"{'n/a' if gap is None else f'{100 * gap:+.1f} points'}; fine-tuned on {', '.join(result.benign)} "
+              f"{'n/a' if gap is None else f'{100 * gap:+.1f} points'}; fine-tuned on {', '.join(result.benign)}{shots} "
               f"({settings.mode}, {settings.steps} steps, {result.timings.get('relearn_s', 0):.1f} s), n = {report['n_forget']} forget samples."]
     yield "\n".join(lines)
 

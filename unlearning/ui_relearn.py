@@ -33,17 +33,21 @@ def add_result(history: list[dict] | None, result: dict) -> list[dict]:
     report = result["report"]
     key = json.dumps([result["model"], result["forget"], report["seeds"], result["settings"]], sort_keys=True, default=str)
     row = comparison_row(result["method"], report, relearn_s=result.get("relearn_s"))
+    shots = int(result["settings"].get("forget_shots") or 0)
+    row["attack"] = f"{shots}-shot relearning" if shots else "benign fine-tune"
     kept = [h for h in (history or []) if not (h["key"] == key and h["row"]["method"] == row["method"])]
     return [*kept, {"key": key, "row": row}]
 
 
-def relearn_with_table(run_folder: str | None, history: list[dict] | None,
+def relearn_with_table(run_folder: str | None, history: list[dict] | None, forget_shots: float | None = 0,
                        overrides: dict | None = None) -> Iterator[tuple[str, list[dict], str]]:
-    """ui.relearn_test, plus the session's comparison table: yields (test output, history, table)."""
+    """ui.relearn_test, plus the session's comparison table: yields (test output, history, table).
+    ``forget_shots`` > 0 gives the attacker that many images of the forgotten concept (few-shot relearning)."""
     from .ui import relearn_test
 
     history = list(history or [])
     results: list[dict] = []
+    overrides = {**(overrides or {}), **({"forget_shots": int(forget_shots)} if forget_shots else {})}
     for message in relearn_test(run_folder, overrides, results):
         if results:
             history = add_result(history, results.pop())
