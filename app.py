@@ -135,7 +135,7 @@ def build_demo() -> gr.Blocks:
                             export_status = gr.Markdown("")
                         export_file = gr.File(label="Unlearned model (zip of the diffusers folder)")
                         with gr.Row():
-                            relearn_btn = gr.Button("Relearning test: fine-tune the unlearned model on benign data", scale=1)
+                            relearn_btn = gr.Button("Relearning test: fine-tune the unlearned model as a downstream user would", scale=1)
                             relearn_out = gr.Markdown("Does the concept come back when a user fine-tunes the unlearned model "
                                                       "on other concepts? (ResAlign's test; paper settings, twin-tuned where measured)")
                         relearn_shots = gr.Number(0, label="Images of the forgotten concept the fine-tuner also has", precision=0,
