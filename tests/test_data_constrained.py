@@ -47,6 +47,12 @@ def test_vdu_forgets_a_feature_on_shapes_sd_with_made_snapshots_reused(sd, monke
     edit = METHODS["vdu"].unlearn(sd, task, settings, RunContext())
     METHODS["vdu"].unlearn(sd, task, METHODS["vdu"].settings("shapes-sd", {**vars(settings), "iterations": 1}), RunContext())
     assert calls == [2], f"snapshots should be made once (2 of them) and reused, got {calls}"
+    # K = 4 needs one more: only the missing one is made, and the first two are the same tensors as before
+    first_two = sd._vdu_snapshots[next(iter(sd._vdu_snapshots))][:2]
+    METHODS["vdu"].unlearn(sd, task, METHODS["vdu"].settings("shapes-sd", {**vars(settings), "iterations": 1, "num_checkpoints": 4}),
+                           RunContext())
+    assert calls == [2, 1], calls
+    assert all(a is b for a, b in zip(first_two, sd._vdu_snapshots[next(iter(sd._vdu_snapshots))][:2], strict=True))
     assert all(torch.equal(before[k], v) for k, v in sd.unet.state_dict().items()), "the base model was modified"
     assert edit.params
 

@@ -97,6 +97,8 @@ def test_missing_snapshots_are_made_by_continued_training(tiny_model):
     assert len(made) == 2 and set(made[0]) == {n for n, _ in adapter.unet.named_parameters()}
     assert any(float(d.abs().max()) > 0 for d in made[0].values())
     assert not all(torch.equal(made[0][n], made[1][n]) for n in made[0]), "the continuations should differ"
+    later = make_snapshots(adapter, 1, steps=2, per_concept=2, batch_size=4, first=1)  # asking for one more later
+    assert all(torch.equal(later[0][n], made[1][n]) for n in made[1]), "snapshot 2 made later should equal snapshot 2 made at once"
     assert all(torch.equal(before[k], v) for k, v in adapter.unet.state_dict().items()), "the base model was modified"
 
     # the tiny model ships 2 snapshots; K = 5 needs 4, so VDU makes the other 2 and runs

@@ -142,18 +142,20 @@ def load_snapshots(source: str | Path, names: list[str], limit: int) -> list[dic
 
 
 def make_snapshots(adapter: FamilyAdapter, n: int, steps: int, *, lr: float = 1e-5, per_concept: int = 16,
-                   batch_size: int = 8, seed: int = 0, concepts: list[str] | None = None) -> list[dict[str, torch.Tensor]]:
+                   batch_size: int = 8, seed: int = 0, concepts: list[str] | None = None,
+                   first: int = 0) -> list[dict[str, torch.Tensor]]:
     """``n`` snapshots for a model that ships none: each an independent continuation of ordinary
     training (L_simple on captioned data of every concept the model knows, or of ``concepts`` for an
     open-vocabulary model; Adam, ``steps`` steps, its own seed) from the deployed weights; returned as
-    float32 differences from them, for every UNet parameter."""
+    float32 differences from them, for every UNet parameter. Snapshot k (counting from ``first``) draws
+    its batches with seed + 1 + k, so asking for more later extends the same list."""
     concepts = adapter.concepts() or list(concepts or [])
     if not concepts:
         raise InputError("this model has no named concepts to continue training on, and ships no snapshots/ for VDU.")
     pool = ConceptPool.captioned(adapter, concepts, per_concept, seed)
     base = dict(adapter.unet.named_parameters())
     diffs = []
-    for k in range(n):
+    for k in range(first, first + n):
         unet, names = trainable_copy(adapter, "all")
         g = torch.Generator().manual_seed(seed + 1 + k)
         opt = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=lr)
@@ -163,7 +165,7 @@ def make_snapshots(adapter: FamilyAdapter, n: int, steps: int, *, lr: float = 1e
             loss.backward()
             opt.step()
         diffs.append({name: (p.detach() - base[name].float()).cpu() for name, p in unet.named_parameters()})
-        logger.info("VDU: made snapshot %d/%d (%d steps of continued training)", k + 1, n, steps)
+        logger.info("VDU: made snapshot %d/%d (%d steps of continued training)", k + 1, first + n, steps)
     return diffs
 
 
@@ -175,9 +177,9 @@ def made_snapshots(adapter: FamilyAdapter, n: int, settings: VDUSettings, task: 
     key = (settings.snapshot_steps, settings.snapshot_lr, task.seed, tuple(concepts))
     have = cache.get(key, [])
     if len(have) < n:
-        logger.info("VDU: %s ships %d fewer snapshot(s) than needed; making them by continued training", adapter.source, n - len(have))
-        more = make_snapshots(adapter, n, settings.snapshot_steps, lr=settings.snapshot_lr, seed=task.seed, concepts=concepts)
-        have = cache[key] = more
+        logger.info("VDU: %s needs %d more snapshot(s); making them by continued training", adapter.source, n - len(have))
+        have = cache[key] = have + make_snapshots(adapter, n - len(have), settings.snapshot_steps, lr=settings.snapshot_lr,
+                                                  seed=task.seed, concepts=concepts, first=len(have))
     return have[:n]
 
 
