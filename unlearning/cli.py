@@ -155,10 +155,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_vdu(args)
     from .scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
-    try:
-        counts = tuple(int(c) for c in args.counts.split(","))
-    except ValueError:
-        raise InputError(f"--counts takes whole numbers separated by commas, got '{args.counts}'.") from None
+    counts = tuple(_ints(args.counts, "--counts"))
     if not counts or min(counts) < 1 or max(counts) > 32:
         raise InputError("--counts must be between 1 and 32 concepts.")
     methods = tuple(m.strip() for m in (args.methods or "scapre,uce,esd").split(",") if m.strip())
@@ -175,10 +172,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _ints(text: str, flag: str) -> list[int]:
+    """'2,3,5' -> [2, 3, 5]; '' -> []; anything else that is not whole numbers is one clear error."""
     from .errors import InputError
 
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [int(x) for x in text.split(",")] if text.strip() else []
     except ValueError:
         raise InputError(f"{flag} takes whole numbers separated by commas, got '{text}'.") from None
 
