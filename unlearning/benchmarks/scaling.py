@@ -30,10 +30,11 @@ import torch
 from .. import metrics as M
 from ..methods import get_method
 from ..methods.base import RunContext, UnlearnTask
+from ..paths import BENCH_RESULTS
 
 DEFAULT_COUNTS = (1, 2, 4, 8, 16)
 DEFAULT_METHODS = ("scapre", "uce", "esd")
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "scaling.json"
+RESULTS = BENCH_RESULTS / "scaling.json"
 
 
 @dataclass

@@ -32,13 +32,14 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from safetensors.torch import save_file
 
+from .. import paths
 from ..datasets.digits import CLASS_NAMES, IMAGE_SIZE, SPLIT_SEED, load_digit_images, split_indices
 from ..models.evaluator import ImageClassifier
 from ..models.label_encoder import LabelEncoder
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "digits"
+ASSETS = paths.ASSETS / "digits"
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Shift each image by up to ``max_shift`` pixels, filling with background (0)."""
     b, _, h, w = images.shape

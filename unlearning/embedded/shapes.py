@@ -39,12 +39,13 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .. import paths
 from ..datasets import shapes as data
 from ..models.evaluator import ImageClassifier
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "shapes-sd"
+ASSETS = paths.ASSETS / "shapes-sd"
 MAX_TOKENS = 16
 TEXT_WIDTH = 64
 

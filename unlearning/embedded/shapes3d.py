@@ -33,6 +33,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from .. import paths
 from ..datasets import render3d as r3d
 from ..metrics.image import psnr_per_pair, ssim_per_pair
 from ..models.evaluator import ImageClassifier
@@ -40,7 +41,7 @@ from ..models.zero123 import CCProjection, Zero123, pose_vector
 from .shapes import build_vae, fit_shape_colour_evaluator, normalise_latents, vae_round_trip
 
 log = logging.getLogger("unlearning.shapes3d")
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "shapes-3d"
+ASSETS = paths.ASSETS / "shapes-3d"
 IMAGE_SIZE = 32
 EMBED = 64
 POLARS = (60.0, 75.0, 90.0)

@@ -22,9 +22,8 @@ import torch
 from ..devices import inference_dtype, resolve_device
 from ..errors import InputError
 from ..hosting.profile import HostProfile, check_model_allowed, get_profile
+from ..paths import ASSETS  # the twins: the checkout's assets/, or the installed package's
 from .base import FamilyAdapter, SamplingDefaults, read_twin, vocabulary_words
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
 @dataclass(frozen=True)
