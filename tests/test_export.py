@@ -4,12 +4,14 @@ atomic writes, and the hub push's refusals (disallowed, offline; no network is u
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
-from unlearning.atomic import atomic_dir, atomic_file
+from unlearning.atomic import atomic_dir, atomic_file, write_text_atomic, zip_dir
 from unlearning.errors import InputError
 from unlearning.export import (
     apply_delta,
@@ -65,6 +67,41 @@ def test_atomic_dir_refuses_a_non_empty_folder_and_cleans_up(tmp_path):
         (tmp / "b").write_text("2")
         raise RuntimeError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.fixture()
+def umask_027():
+    """A umask other than the usual 022, so 'the user's normal permissions' cannot pass by accident."""
+    old = os.umask(0o027)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_written_files_and_folders_get_the_users_normal_permissions(tmp_path, umask_027):
+    """Not the 0600 / 0700 of the temp file / folder they were built in: what open() / mkdir() would give."""
+    assert mode(write_text_atomic(tmp_path / "a.txt", "x")) == 0o640
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "b").write_text("y")
+        (tmp / "sub").mkdir()
+    assert mode(tmp_path / "d") == 0o750 and mode(tmp_path / "d" / "b") == 0o640 and mode(tmp_path / "d" / "sub") == 0o750
+    with atomic_dir(tmp_path / "d", replace=True) as tmp:
+        (tmp / "c").write_text("z")
+    assert mode(tmp_path / "d") == 0o750
+    assert mode(zip_dir(tmp_path / "d", tmp_path / "d.zip")) == 0o640
+    own = tmp_path / "own.txt"  # a file the user made private stays private when it is rewritten
+    own.write_text("old")
+    own.chmod(0o600)
+    assert mode(write_text_atomic(own, "new")) == 0o600 and own.read_text() == "new"
+
+
+def test_an_exported_delta_is_readable_like_any_file_the_user_writes(sd, uce_edit, tmp_path, umask_027):
+    assert mode(export_delta(sd, uce_edit, tmp_path / "delta.safetensors")) == 0o640
 
 
 # ---- delta ---------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@
     zip_dir(folder, archive)            # a zip of a folder's regular files (never a link), atomically
 
 On an exception the temp file or folder is removed and the destination is left as it was.
-``os.replace`` within one folder is atomic on POSIX and Windows filesystems.
+``os.replace`` within one folder is atomic on POSIX and Windows filesystems. What is renamed into place gets the
+permissions a plain ``open`` / ``mkdir`` would have given it (0666 / 0777 less the umask; a replaced file keeps its
+own), not the private 0600 / 0700 of the temp file or folder it was built in.
 """
 
 from __future__ import annotations
@@ -24,6 +26,31 @@ from pathlib import Path
 from .errors import InputError
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux); else set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def normal_permissions(path: str | Path, like: str | Path | None = None) -> None:
+    """Give ``path`` (a file or folder made private by tempfile) the mode ``like`` has, when it exists, or the one a plain
+    ``open`` / ``mkdir`` would give: 0666 / 0777 less the umask."""
+    path = Path(path)
+    if like is not None and Path(like).exists() and Path(like).is_dir() == path.is_dir():
+        mode = Path(like).stat().st_mode & 0o7777
+    else:
+        mode = (0o777 if path.is_dir() else 0o666) & ~_umask()
+    os.chmod(path, mode)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temp path beside ``path`` (same suffix); ``os.replace`` d onto ``path`` when the block succeeds."""
@@ -33,6 +60,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        normal_permissions(tmp, like=path)  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,6 +89,7 @@ def atomic_dir(out: str | Path, replace: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield tmp
+        normal_permissions(tmp)  # mkdtemp made it 0700
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         if out.exists():  # replace: swap the old folder out, the new one in, then delete the old one

@@ -33,6 +33,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import save_file
 
 from .. import paths
+from ..atomic import normal_permissions
 from ..datasets.digits import CLASS_NAMES, IMAGE_SIZE, SPLIT_SEED, load_digit_images, split_indices
 from ..models.evaluator import ImageClassifier
 from ..models.label_encoder import LabelEncoder
@@ -183,6 +184,7 @@ def train_twin(out: Path, *, minutes: float, max_steps: int, batch_size: int, se
     (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
+    normal_permissions(tmp)  # mkdtemp made it 0700
     tmp.rename(out)
     return report
 

@@ -40,6 +40,7 @@ from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import paths
+from ..atomic import normal_permissions
 from ..datasets import shapes as data
 from ..models.evaluator import ImageClassifier
 
@@ -415,6 +416,7 @@ def train_twin(out: Path, *, vae_minutes: float, unet_minutes: float, vae_steps:
     (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
+    normal_permissions(tmp)  # mkdtemp made it 0700
     tmp.rename(out)
     return report
 
@@ -431,6 +433,7 @@ def retrain_evaluator(model_dir: Path, *, epochs: int, n_images: int, seed: int)
     old = model_dir / "evaluator"
     if old.exists():
         shutil.rmtree(old)
+    normal_permissions(tmp)
     tmp.rename(old)
     report_path = model_dir / "training_report.json"
     report = json.loads(report_path.read_text())
