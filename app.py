@@ -46,7 +46,8 @@ def build_demo() -> gr.Blocks:
         raise InputError(f"{profile.source or 'profile'}: 'default_method' is '{profile.default_method}', which is not an "
                          f"offered method ({', '.join(v for _, v in methods)}).")
     wanted = profile.default_method or DEFAULT_METHOD  # a hosted GPU profile opens on a closed-form method
-    method0 = wanted if any(v == wanted for _, v in methods) else methods[0][1]
+    view0 = ui.form_view(model0)  # what applies to the first model: the rest of the form is hidden until it applies
+    method0 = view0.method(wanted) or methods[0][1]
     controls = ui.setting_controls(model0)
     steps0, guidance0 = ui.sampling_defaults(model0)
 
@@ -71,16 +72,15 @@ def build_demo() -> gr.Blocks:
                                              multiselect=True, allow_custom_value=True, label="Concept(s) to forget",
                                              info="pick or type (Enter adds one); 'star -> circle' maps a concept to an anchor")
                         anchor = gr.Dropdown([ui.ERASE, *concepts], value=ui.ERASE, label="Anchor (draw this instead)",
-                                             allow_custom_value=True,
-                                             info="ESD, UCE, ScaPre and fine-tuning can map the forgotten concepts to another "
-                                             "one; 'none' erases them.")
+                                             allow_custom_value=True, info=ui.anchor_info(), visible=ui.uses_anchor(method0))
                         preserve = gr.Dropdown(concepts, value=[], multiselect=True, allow_custom_value=True,
                                                label="Concepts to preserve (optional)",
                                                info="empty: every other concept of the same kind (other shapes, other digits)")
-                        own_prompts = gr.Textbox("", lines=2, label="Your own prompts (optional, text-to-image models)",
+                        own_prompts = gr.Textbox("", lines=2, label="Your own prompts (optional)",
                                                  placeholder="one per line, e.g. a red star on a white background",
-                                                 info="shown side by side with the same seeds; not scored")
-                        method = gr.Dropdown(methods, value=method0, label="Method")
+                                                 info="shown side by side with the same seeds; not scored",
+                                                 visible="prompts" in view0.options)
+                        method = gr.Dropdown(view0.methods, value=method0, label="Method")
                         method_info = gr.Markdown(ui.method_markdown(method0))
                         # above the settings accordions, so the button is on screen when the page opens
                         with gr.Row():
@@ -92,12 +92,14 @@ def build_demo() -> gr.Blocks:
                             for spec in METHODS.values():
                                 with gr.Group(visible=spec.name == method0) as group:
                                     for c in (c for c in controls if c.method == spec.name):
+                                        shown = c.applies_to(view0.family)
                                         if c.kind == "choice":
-                                            comp = gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info)
+                                            comp = gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info,
+                                                               visible=shown)
                                         elif c.kind == "bool":
-                                            comp = gr.Checkbox(value=c.value, label=c.label, info=c.info)
+                                            comp = gr.Checkbox(value=c.value, label=c.label, info=c.info, visible=shown)
                                         else:
-                                            comp = gr.Number(value=c.value, label=c.label, info=c.info,
+                                            comp = gr.Number(value=c.value, label=c.label, info=c.info, visible=shown,
                                                              precision=0 if c.kind == "int" else None)
                                         setting_inputs.append(comp)
                                 groups[spec.name] = group
@@ -108,10 +110,10 @@ def build_demo() -> gr.Blocks:
                             # pre-filled with the model's defaults: Gradio 6 shows and sends an empty Number as 0
                             steps = gr.Number(steps0, label="sampling steps", precision=0,
                                               info=f"the model's default is {steps0}; at most {profile.limits.max_inference_steps}")
-                            guidance = gr.Number(guidance0, label="guidance scale",
+                            guidance = gr.Number(guidance0, label="guidance scale", visible="guidance" in view0.options,
                                                  info=f"classifier-free guidance; the model's default is {guidance0:g}")
                             sampler = gr.Dropdown([("DDIM (eta 0)", "ddim"), ("DPM-Solver++ (multistep)", "dpm-solver")],
-                                                  value="ddim", label="sampler",
+                                                  value="ddim", label="sampler", visible="sampler" in view0.options,
                                                   info="diffusers scheduler for the comparison images, built from the model's own config")
                             device = gr.Dropdown(list(DEVICE_CHOICES), value="auto", label="device",
                                                  info="auto = CUDA when present, else CPU")
@@ -130,8 +132,9 @@ def build_demo() -> gr.Blocks:
                                     "original above unlearned.")
                         retain_grid = gr.Image(label="retained concepts: original above, unlearned below", format="png",
                                                type="pil", interactive=False)
+                        # shown by a run that has prompts of the user's own (text-to-image models)
                         prompt_grid = gr.Image(label="your prompts: original above, unlearned below", format="png",
-                                               type="pil", interactive=False)
+                                               type="pil", interactive=False, visible=False)
                         metrics = gr.Dataframe(headers=METRIC_HEADERS, label="Metrics (computed on raw images)", wrap=True,
                                                interactive=False,
                                                column_widths=["17%", "14%", "14%", "33%", "6%", "16%"], max_height=1400)
@@ -178,43 +181,58 @@ def build_demo() -> gr.Blocks:
                 gr.Markdown(methods_markdown())
 
         # ---- wiring
-        def on_model(m):
+        def on_model(m, current_method):
             names = ui.concept_choices(m)
             st, g = ui.sampling_defaults(m)
+            view = ui.form_view(m)  # what applies to this model; the rest is hidden
             tuned = ui.setting_controls(m)  # same order as `controls`; values tuned for this model where known
+            prompts = "prompts" in view.options
             return (gr.update(choices=names, value=names[:1]), gr.update(choices=[ui.ERASE, *names], value=ui.ERASE),
                     gr.update(choices=names, value=[]), ui.model_markdown(m),
                     gr.update(value=st, info=f"the model's default is {st}; at most {profile.limits.max_inference_steps}"),
-                    gr.update(value=g, info=f"classifier-free guidance; the model's default is {g:g}"),
-                    *(gr.update(value=c.value, info=c.info) for c in tuned))
+                    gr.update(value=g, info=f"classifier-free guidance; the model's default is {g:g}",
+                              visible="guidance" in view.options),
+                    gr.update(visible="sampler" in view.options),
+                    gr.update(visible=True) if prompts else gr.update(visible=False, value=""),
+                    gr.update(choices=view.methods, value=view.method(current_method)),
+                    *(gr.update(value=c.value, info=c.info, visible=c.applies_to(view.family)) for c in tuned))
 
-        model.change(on_model, model, [forget, anchor, preserve, model_info, steps, guidance, *setting_inputs],
+        model.change(on_model, [model, method],
+                     [forget, anchor, preserve, model_info, steps, guidance, sampler, own_prompts, method, *setting_inputs],
                      api_visibility="private")
 
         def on_method(name):
-            return [ui.method_markdown(name)] + [gr.update(visible=n == name) for n in groups]
+            return [ui.method_markdown(name), gr.update(visible=ui.uses_anchor(name))] + [gr.update(visible=n == name) for n in groups]
 
-        method.change(on_method, method, [method_info, *groups.values()], api_visibility="private")
+        method.change(on_method, method, [method_info, anchor, *groups.values()], api_visibility="private")
 
+        # /unlearn in the API ("Use via API", gradio_client): the form's fields by name, then every method's settings
+        # as <method>_<setting> (e.g. esd_iterations); only the chosen method's are used. The browser id is a State.
         run_inputs = [model, forget, anchor, method, seed, forget_samples, retain_samples, steps, guidance, device, preserve,
-                      sampler, own_prompts, viewer, *setting_inputs]
+                      sampler, own_prompts, viewer]
+        setting_kwargs = {c.api_name: comp for c, comp in zip(controls, setting_inputs, strict=True)}
         run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download, prompt_grid,
                        folder_state]
 
-        def on_run(m, f, a, me, s, nf, nr, st, g, d, p, sa, op, bid, request: gr.Request, *values,
-                   progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
+        def on_run(model, forget, anchor, method, seed, forget_samples, retain_samples, sampling_steps, guidance_scale, device,
+                   preserve, sampler, own_prompts, viewer_id, request: gr.Request,
+                   progress=gr.Progress(), **settings):  # noqa: B008 (Gradio idiom)
             cancel = threading.Event()
-            owner = viewer_of(bid, request)
+            owner = viewer_of(viewer_id, request)
             try:
-                request = ui.parse_request(m, f, a, me, s, nf, nr, st, g, d, ui.settings_from_controls(me, controls, list(values)),
-                                           preserve=p, sampler=sa, prompts=op)
+                chosen = {c.name: settings[c.api_name] for c in controls if c.method == method and c.api_name in settings}
+                run_request = ui.parse_request(model, forget, anchor, method, seed, forget_samples, retain_samples, sampling_steps,
+                                               guidance_scale, device, chosen, preserve=preserve, sampler=sampler,
+                                               prompts=own_prompts)
             except Exception as exc:  # bad numbers from the form
                 yield {status: f"**Could not run:** {exc}"}
                 return
+            # the own-prompt grid is shown only for a run that has prompts of the user's own
+            yield {prompt_grid: gr.update(visible=bool(run_request.prompts), value=None)}
             try:
                 # ZeroGPU runs the function in a worker process: hand it only picklable CPU values
-                stream = (run_stream(request, progress=progress, owner=owner) if zero_gpu_active()
-                          else run_stream(request, cancel=cancel, progress=progress, owner=owner))
+                stream = (run_stream(run_request, progress=progress, owner=owner) if zero_gpu_active()
+                          else run_stream(run_request, cancel=cancel, progress=progress, owner=owner))
                 for out in stream:
                     update = {}
                     if out.loss is not None:  # None clears the plot: an empty frame would break its colour scale
@@ -241,7 +259,8 @@ def build_demo() -> gr.Blocks:
         scaling_btn.click(ui.scaling_stream, [scaling_counts, scaling_methods],
                           [scaling_forget, scaling_retain, scaling_table], concurrency_id="gpu", api_visibility="private")
 
-        run_event = run_btn.click(on_run, run_inputs, run_outputs, api_name="unlearn", concurrency_id="gpu")
+        run_event = run_btn.click(on_run, run_inputs, run_outputs, inputs_kwargs=setting_kwargs, api_name="unlearn",
+                                  concurrency_id="gpu")
 
         def on_load(stored):
             bid = stored or uuid.uuid4().hex

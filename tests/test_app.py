@@ -100,6 +100,24 @@ def test_run_download_zip(esd_run):
         assert "forget_rate" in json.loads(zf.read(metrics_name))
 
 
+def test_a_script_calls_the_api_by_parameter_name(client):
+    """The README's gradio_client example: parameters by name, every one not given keeps the form's value."""
+    job = client.submit(model="digits", forget=["3"], method="esd", esd_iterations=3, esd_ddim_steps=4, esd_batch_size=1,
+                        forget_samples=4, retain_samples=1, sampling_steps=3, api_name="/unlearn")
+    status, *_, run_zip, _ = job.result(timeout=RUN_TIMEOUT_S)
+    assert "Done" in status, status
+    with zipfile.ZipFile(run_zip) as zf:
+        card = json.loads(zf.read(next(n for n in zf.namelist() if Path(n).name == "run.json")))
+    assert card["settings"]["iterations"] == 3 and card["request"]["forget_samples"] == 4
+    assert card["request"]["num_inference_steps"] == 3 and card["request"]["seed"] == 0  # the form's seed
+
+
+def test_the_api_page_lists_readable_parameter_names(client):
+    params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/unlearn"]["parameters"]
+    names = [p["parameter_name"] for p in params]
+    assert names[:4] == ["model", "forget", "anchor", "method"] and "esd_iterations" in names
+
+
 # ---- bad input: "Could not run" and a message ------------------------------------------------------
 
 def assert_could_not_run(status: str, *fragments: str) -> None:

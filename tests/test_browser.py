@@ -180,6 +180,31 @@ def test_text_to_image_run_in_the_browser(page, artifacts_dir):
     assert shot.is_file() and shot.stat().st_size > 50_000, shot
 
 
+def test_the_form_shows_what_applies_to_the_model_and_method(page):
+    """Digits (class labels): no own-prompt box or grid; the anchor only for methods that map a concept; UCE's
+    EOS-token switch only for a text-to-image model."""
+    from playwright.sync_api import expect
+
+    own_prompts = page.get_by_label("Your own prompts (optional)", exact=True)
+    anchor = page.get_by_label("Anchor (draw this instead)", exact=True)
+    eos = page.get_by_label("include_last_token", exact=True).filter(visible=True)  # UCE's and ScaPre's: the one shown
+    expect(anchor).to_be_visible()
+    expect(own_prompts).to_be_hidden()
+    expect(page.get_by_test_id("block-label").filter(has_text="your prompts: original above")).to_be_hidden()
+    pick(page, "Method", "Gradient ascent (NegGrad / NegGrad+)")
+    expect(anchor).to_be_hidden()
+    pick(page, "Model", "shapes-sd (embedded Stable Diffusion)")
+    expect(own_prompts).to_be_visible()
+    pick(page, "Method", "UCE (closed-form cross-attention edit)")
+    expect(anchor).to_be_visible()
+    page.get_by_text("Method settings").click()
+    expect(eos).to_be_visible()
+    pick(page, "Model", "digits (embedded)")
+    expect(eos).to_be_hidden()
+    expect(own_prompts).to_be_hidden()
+    expect(error_toasts(page)).to_have_count(0)
+
+
 def test_scaling_tab_shows_the_stored_curve(page, artifacts_dir):
     """The committed scaling results (bench/results/scaling.json) as two line plots and a table."""
     from playwright.sync_api import expect

@@ -42,7 +42,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .run_folder import check_writable
-    from .runner import RunRequest, execute, prepare
+    from .runner import RunRequest, prepare, run_to_folder
 
     check_writable(Path(args.out))  # before loading anything
     request = RunRequest(
@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{run.spec.label} on {run.model_id} ({run.adapter.device}, {str(run.adapter.dtype).replace('torch.', '')}): "
           f"forget {', '.join(run.task.forget)}", file=sys.stderr)
     last_pct = -1
-    for event in execute(run, out_dir=Path(args.out)):
+    for event in run_to_folder(run, Path(args.out)):
         if event.kind == "train":
             pct = 100 * event.step.step // event.step.total
             if pct // 10 != last_pct // 10 or event.step.step == event.step.total:
@@ -70,46 +70,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_relearn(args: argparse.Namespace) -> int:
-    """The relearning test on a finished run folder: benign fine-tune, then three forget rates."""
-    import dataclasses
-
-    from .atomic import write_text_atomic
-    from .attacks.relearn import format_table, relearn, relearn_report, relearn_settings
-    from .edit import Edit
-    from .errors import InputError
-    from .hosting.profile import get_profile
+    """The relearning test on a finished run folder (unlearning.runner.relearn_run): fine-tune, then three forget rates."""
+    from .attacks.relearn import format_table
     from .methods.base import RunContext
-    from .models.catalog import resolve
-    from .runner import prepare, read_request
-
-    folder = Path(args.run)
-    request = read_request(folder)
-    if args.device:
-        request.device = args.device
-    model_id, _, _ = resolve(request.model)
-    settings = relearn_settings(model_id, _parse_sets(args.set))  # unknown settings fail before any work
-    max_steps = get_profile().limits.max_iterations
-    if settings.steps > max_steps:
-        raise InputError(f"steps = {settings.steps} is more than this instance allows ({max_steps}).")
-    edit = Edit.load(folder / "edit.safetensors")
-    run = prepare(request)
-    print(f"relearning test ({settings.mode}) on {run.model_id}: {edit.method or run.spec.name} edit forgetting "
-          f"{', '.join(run.task.forget)}", file=sys.stderr)
+    from .runner import relearn_run
 
     def on_step(report) -> None:
         if report.step == report.total or report.step % max(1, report.total // 10) == 0:
             print(f"  step {report.step}/{report.total}  loss {report.loss:.4f}", file=sys.stderr)
 
-    result = relearn(run.adapter, edit, run.task, settings, RunContext(on_step))
-    report = relearn_report(run.adapter, run.task, edit, result.edit, request.forget_samples, request.seed,
-                            retain_samples=request.retain_samples, num_inference_steps=request.num_inference_steps,
-                            guidance_scale=request.guidance_scale)
-    out = {"run": str(folder), "method": run.spec.name, "forget": run.task.forget, "benign": result.benign,
-           "settings": dataclasses.asdict(settings), "report": report, "loss_log": result.loss_log,
-           "timings": result.timings}
-    write_text_atomic(folder / "relearn.json", json.dumps(out, indent=2, default=str) + "\n")
-    print(format_table(report))
-    print(f"written to {folder / 'relearn.json'}", file=sys.stderr)
+    folder = Path(args.run)
+    for event in relearn_run(folder, _parse_sets(args.set), device=args.device, ctx=RunContext(on_step)):
+        if event.kind == "finetune":
+            print(f"relearning test ({event.settings.mode}) on {event.run.model_id}: {event.run.spec.name} edit forgetting "
+                  f"{', '.join(event.run.task.forget)}", file=sys.stderr)
+        elif event.kind == "done":
+            print(format_table(event.record["report"]))
+            print(f"written to {folder / 'relearn.json'}", file=sys.stderr)
     return 0
 
 

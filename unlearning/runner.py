@@ -1,7 +1,9 @@
-"""One unlearning run from request to results; shared by the UI and the CLI.
+"""One unlearning run from request to results; shared by the UI and the CLI, so the two cannot drift.
 
     RunRequest -> prepare() checks everything and loads the model (errors before any work)
                -> execute() yields events: training steps, comparison batches, the finished run
+               -> run_to_folder(): execute() with the run folder's lifecycle (where it goes, zip, retention)
+    run folder -> relearn_run(): the relearning test of a finished run (limits, fine-tune, report, relearn.json)
 
 ``execute`` runs the method in a worker thread so training progress can be streamed, and stops the
 method when the consumer stops listening (a cancelled UI event closes the generator).
@@ -19,15 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
+from .attacks.relearn import RelearnSettings, relearn, relearn_report, relearn_settings
 from .compare import ComparisonPlan, ComparisonState, iter_comparison, plan_comparison
 from .edit import Edit
 from .errors import InputError, UnlearningError
 from .hosting.profile import HostProfile, get_profile
-from .methods import MethodSpec, get_method
+from .methods import METHODS, MethodSpec, get_method
 from .methods.base import RunContext, StepReport, UnlearnTask
 from .models.base import SAMPLERS, FamilyAdapter
-from .models.catalog import load_adapter, resolve
-from .run_folder import check_writable, write_run_folder
+from .models.catalog import FAMILY_OPTIONS, load_adapter, resolve
+from .run_folder import check_writable, hold, new_run_folder, prune_runs, write_run_folder, zip_run
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ class RunEvent:
     edit: Edit | None = None
     state: ComparisonState | None = None
     folder: Path | None = None
+    archive: Path | None = None  # "done" from run_to_folder(archive=True): the zip of the folder
 
 
 def _concepts(values: list[str] | str | None) -> list[str]:
@@ -77,6 +82,11 @@ def _concepts(values: list[str] | str | None) -> list[str]:
     if isinstance(values, str):
         values = values.split(",")
     return [str(v).strip() for v in values]
+
+
+def anchor_methods() -> list[str]:
+    """Names of the registered methods that map a forgotten concept to an anchor."""
+    return [name for name, spec in METHODS.items() if spec.uses_anchor]
 
 
 def parse_forget(adapter: FamilyAdapter, entries: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -135,7 +145,8 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
         if anchor in forget:
             raise InputError(f"the anchor '{anchor}' is also being forgotten; pick another anchor.")
     if anchors and not spec.uses_anchor:
-        raise InputError(f"{spec.label} does not use anchors; remove the '->' part or pick ESD, UCE, ScaPre or fine-tuning.")
+        raise InputError(f"{spec.label} does not use anchors; remove the '->' part or pick a method that "
+                         f"maps a concept to another: {', '.join(anchor_methods())}.")
 
     settings = spec.settings(model_id, request.settings)
     iterations = getattr(settings, "iterations", None)
@@ -147,7 +158,7 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     if request.guidance_scale is not None and not 0 <= request.guidance_scale <= 50:
         raise InputError(f"guidance scale must be between 0 and 50; got {request.guidance_scale}.")
     prompts = [adapter.validate_concept(p) for p in _concepts(request.prompts) if p] if request.prompts else []
-    if adapter.family != "stable-diffusion" and prompts:
+    if prompts and "prompts" not in FAMILY_OPTIONS.get(adapter.family, frozenset()):
         raise InputError("extra prompts need a text-to-image model; this model only knows its classes.")
 
     if request.sampler not in SAMPLERS:
@@ -236,3 +247,73 @@ def load_run(folder: Path) -> tuple[PreparedRun, Edit]:
     """(PreparedRun, Edit) of a finished run folder, its request re-validated as a new one."""
     request = read_request(folder)
     return prepare(request), Edit.load(Path(folder) / "edit.safetensors")
+
+
+# ---- the run folder's lifecycle -----------------------------------------------------------------
+
+def run_to_folder(run: PreparedRun, out: Path | None = None, *, cancel: threading.Event | None = None,
+                  owner: str | None = None, archive: bool = False, profile: HostProfile | None = None) -> Iterator[RunEvent]:
+    """:func:`execute` with its run folder, for the CLI and the app alike.
+
+    ``out``: the folder to write (the CLI's ``--out``); None: a new folder under the profile's ``runs.dir`` (the app).
+    When the run is done its folder is written (atomically), zipped beside it when ``archive`` (``RunEvent.archive``;
+    the run is held while the zip is fetched), and, for a run under ``runs.dir``, the oldest runs beyond the profile's
+    caps are deleted (never this one, never a held one). A folder the user named is never pruned around.
+    """
+    profile = profile or get_profile()
+    managed = out is None
+    folder = new_run_folder(profile.runs.dir, run.model_id, run.spec.name) if managed else Path(out)
+    for event in execute(run, out_dir=folder, cancel=cancel, owner=owner):
+        if event.kind == "done":
+            if archive:
+                event.archive = zip_run(event.folder)
+            if managed:
+                prune_runs(profile.runs.dir, profile.runs.keep, profile.runs.max_bytes)
+        yield event
+
+
+# ---- the relearning test of a finished run --------------------------------------------------------
+
+@dataclass
+class RelearnEvent:
+    kind: str  # "finetune" (checked; the fine-tune starts) | "score" (sampling the three models) | "done"
+    run: PreparedRun
+    settings: RelearnSettings
+    record: dict | None = None  # "done": what relearn.json holds
+
+
+def relearn_run(folder: Path, overrides: dict | None = None, *, device: str | None = None, ctx: RunContext | None = None,
+                profile: HostProfile | None = None) -> Iterator[RelearnEvent]:
+    """The relearning test of a finished run folder (ResAlign's threat model), for the CLI and the app alike.
+
+    1. read the run's request, build the attack's settings (paper defaults, twin-tuned values, ``overrides``) and check
+       them against the profile's limits, load the edit and re-prepare the run: every mistake before any work;
+    2. fine-tune the unlearned model as a downstream user would (:func:`unlearning.attacks.relearn.relearn`);
+    3. score original / after unlearning / after the fine-tune on the run's own seeds, write ``relearn.json``.
+    """
+    folder = Path(folder)
+    profile = profile or get_profile()
+    # 1. everything checked before any work
+    request = read_request(folder)
+    if device:
+        request.device = device
+    model_id, _, _ = resolve(request.model, profile)
+    settings = relearn_settings(model_id, overrides)
+    if settings.steps > profile.limits.max_iterations:
+        raise InputError(f"steps = {settings.steps} is more than this instance allows ({profile.limits.max_iterations}).")
+    edit = Edit.load(folder / "edit.safetensors")
+    run = prepare(request, profile)
+    hold(folder)  # under test: retention keeps it
+    # 2. the downstream fine-tune
+    yield RelearnEvent("finetune", run, settings)
+    result = relearn(run.adapter, edit, run.task, settings, ctx or RunContext())
+    # 3. three models, the run's seeds
+    yield RelearnEvent("score", run, settings)
+    report = relearn_report(run.adapter, run.task, edit, result.edit, request.forget_samples, request.seed,
+                            retain_samples=request.retain_samples, num_inference_steps=request.num_inference_steps,
+                            guidance_scale=request.guidance_scale)
+    record = {"run": str(folder), "method": run.spec.name, "model": run.model_id, "forget": run.task.forget,
+              "benign": result.benign, "settings": dataclasses.asdict(settings), "report": report,
+              "loss_log": result.loss_log, "timings": result.timings}
+    write_text_atomic(folder / "relearn.json", json.dumps(record, indent=2, default=str) + "\n")
+    yield RelearnEvent("done", run, settings, record)

@@ -60,7 +60,8 @@ class ScaPreSettings:
                                      low=0.0, high=1.0)
     geometry_strength: float = setting(0.5, "0 = no retraction, 1 = hard null-space projection", low=0.0, high=1.0)
     decoupler: float = setting(0.5, "gamma: how strongly per-channel information scores scale the update (0 = off)", low=0.0, high=1.0)
-    include_last_token: bool = setting(True, "also edit the prompt's last (EOS) token, which has read the whole prompt")
+    include_last_token: bool = setting(True, "also edit the prompt's last (EOS) token, which has read the whole prompt",
+                                       families=("stable-diffusion",))  # a class label has no EOS token
 
 
 def scapre_factor(rows: ConceptRows, s: ScaPreSettings) -> torch.Tensor:

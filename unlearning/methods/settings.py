@@ -16,12 +16,20 @@ from ..errors import InputError
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            choices: Sequence[Any] | None = None, low_inclusive: bool = True, label: str | None = None) -> Any:
+            choices: Sequence[Any] | None = None, low_inclusive: bool = True, label: str | None = None,
+            families: Sequence[str] | None = None) -> Any:
     """A settings field: its default is the paper's value; metadata drives validation and the UI (``label``:
-    the control's label when it should not be the field name)."""
+    the control's label when it should not be the field name; ``families``: the model families the field means
+    something for, when not all of them: the app hides it for other models)."""
     meta = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None, "low_inclusive": low_inclusive,
-            "label": label}
+            "label": label, "families": tuple(families) if families else None}
     return field(default=default, metadata=meta)
+
+
+def applies_to(f: dataclasses.Field, family: str | None) -> bool:
+    """Whether a settings field means something for a model of ``family`` (None: unknown family, show everything)."""
+    families = f.metadata.get("families")
+    return family is None or not families or family in families
 
 
 def settings_fields(settings_cls: type) -> list[dataclasses.Field]:

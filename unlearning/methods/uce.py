@@ -35,7 +35,8 @@ class UCESettings:
     preserve_scale: float = setting(0.5, "lam: weight of the preserved concepts (card default 0.5)", low=0.0)
     erase_scale: float = setting(1.0, "weight of the erased concepts' terms (UCE's erase_scale)", low=0.0, low_inclusive=False)
     ridge: float = setting(1.0, "eps: ridge towards the original weights in directions no concept spans", low=0.0, low_inclusive=False)
-    include_last_token: bool = setting(True, "also edit the prompt's last (EOS) token, which has read the whole prompt")
+    include_last_token: bool = setting(True, "also edit the prompt's last (EOS) token, which has read the whole prompt",
+                                       families=("stable-diffusion",))  # a class label has no EOS token
 
 
 def uce_factor(rows, *, preserve_scale: float, erase_scale: float, ridge: float) -> torch.Tensor:

@@ -70,6 +70,13 @@ FAMILY_LOADERS = {
     "stable-diffusion": "unlearning.models.sd:StableDiffusionAdapter",
 }
 FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True}
+# What a family's comparison takes beside its concepts: "prompts" (the user's own prompts, shown beside the scored
+# grids), "sampler" (a choice of diffusers scheduler), "guidance" (a classifier-free guidance scale). The run refuses
+# what its family does not take; the app shows only these controls for a model of the family.
+FAMILY_OPTIONS: dict[str, frozenset[str]] = {
+    "class-conditional": frozenset({"sampler", "guidance"}),
+    "stable-diffusion": frozenset({"sampler", "guidance", "prompts"}),
+}
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion"}
 
 
@@ -197,6 +204,20 @@ def resolve(model: str, profile: HostProfile | None = None) -> tuple[str, Path |
 
 
 # ---- what the app shows before a model is loaded (read from the folder, no weights) -------------------------
+
+def family_of(model: str) -> str | None:
+    """The family of a model source, read without loading weights (catalog, folder or cached hub index); None when it
+    cannot be told now (e.g. an unknown id, or a hub model that is neither cached nor reachable)."""
+    text = (model or "").strip()
+    if text in CATALOG:
+        return CATALOG[text].family
+    if text in HUB_MODELS:
+        return HUB_MODELS[text]
+    try:
+        return resolve(text)[2]
+    except InputError:
+        return None
+
 
 def concept_choices(model: str) -> list[str]:
     """Suggested concepts, read from the model folder without loading any weights (free text is allowed too)."""

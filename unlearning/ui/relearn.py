@@ -29,10 +29,11 @@ def comparison_markdown(history: list[dict]) -> str:
 
 
 def add_result(history: list[dict] | None, result: dict) -> list[dict]:
-    """A new history with ``result`` (from ui.relearn_test's ``reports``) replacing any row of the same method and key."""
+    """A new history with ``result`` (a relearning test's record, from ui.relearn_test's ``results``) replacing any row of
+    the same method and key."""
     report = result["report"]
     key = json.dumps([result["model"], result["forget"], report["seeds"], result["settings"]], sort_keys=True, default=str)
-    row = comparison_row(result["method"], report, relearn_s=result.get("relearn_s"))
+    row = comparison_row(result["method"], report, relearn_s=result.get("timings", {}).get("relearn_s"))
     shots = int(result["settings"].get("forget_shots") or 0)
     row["attack"] = f"{shots}-shot relearning" if shots else "benign fine-tune"
     kept = [h for h in (history or []) if not (h["key"] == key and h["row"]["method"] == row["method"])]

@@ -291,8 +291,8 @@ def build_runs_tab(browser_id) -> None:
     def on_push(name, repo_id, bid, request: gr.Request):
         return push_run(name, repo_id, viewer=viewer_of(bid, request))
 
-    def on_compare(a, b, bid, request: gr.Request):
-        status, va, vb, rows = compare_view(a, b, viewer=viewer_of(bid, request))
+    def on_compare(run_a, run_b, bid, request: gr.Request):  # the API's parameter names: run_a, run_b
+        status, va, vb, rows = compare_view(run_a, run_b, viewer=viewer_of(bid, request))
         return status, *va, *vb, rows
 
     listing = [table, pick, pick_a, pick_b]

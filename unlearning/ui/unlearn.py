@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,17 @@ from ..hosting.profile import get_profile
 from ..images import side_by_side
 from ..methods import METHODS, get_method
 from ..methods.base import settings_fields
-from ..models.catalog import CATALOG, HUB_MODELS, concept_choices, hub_availability, sampling_defaults  # noqa: F401 (the app uses them)
-from ..run_folder import group_grid, hold, new_run_folder, prune_runs, zip_run
-from ..runner import RunRequest, execute, prepare
+from ..models.catalog import (  # noqa: F401 (the app uses concept_choices and sampling_defaults)
+    CATALOG,
+    FAMILY_OPTIONS,
+    HUB_MODELS,
+    concept_choices,
+    family_of,
+    hub_availability,
+    sampling_defaults,
+)
+from ..run_folder import group_grid, hold
+from ..runner import RunRequest, prepare, relearn_run, run_to_folder
 from .report import metrics_rows
 
 log = logging.getLogger(__name__)
@@ -59,9 +67,11 @@ def model_choices() -> list[tuple[str, str]]:
     return out
 
 
-def method_choices() -> list[tuple[str, str]]:
+def method_choices(family: str | None = None) -> list[tuple[str, str]]:
+    """(label, name) of the methods this instance offers; with ``family``, only those that support it."""
     allowed = get_profile().methods
-    return [(s.label, s.name) for s in METHODS.values() if allowed is None or s.name in allowed]
+    return [(s.label, s.name) for s in METHODS.values()
+            if (allowed is None or s.name in allowed) and (family is None or family in s.families)]
 
 
 def model_markdown(model: str) -> str:
@@ -90,6 +100,15 @@ class SettingControl:
     label: str
     info: str
     choices: tuple | None = None
+    families: tuple | None = None  # the model families the field means something for (None: all)
+
+    @property
+    def api_name(self) -> str:
+        """The control's parameter name in the app's API (/unlearn): method and field, e.g. ``esd_iterations``."""
+        return f"{self.method}_{self.name}"
+
+    def applies_to(self, family: str | None) -> bool:
+        return family is None or not self.families or family in self.families
 
 
 def setting_controls(model_id: str) -> list[SettingControl]:
@@ -102,8 +121,39 @@ def setting_controls(model_id: str) -> list[SettingControl]:
             kind = "choice" if row.get("choices") else {"bool": "bool", "int": "int"}.get(row["type"], "number")
             paper = f"paper: {row['paper']}" + (f"; tuned for {model_id}" if row["tuned"] else "")
             out.append(SettingControl(spec.name, f.name, kind, row["value"], f.metadata.get("label") or f.name,
-                                      f"{row['help']} ({paper})", row.get("choices")))
+                                      f"{row['help']} ({paper})", row.get("choices"), f.metadata.get("families")))
     return out
+
+
+@dataclass(frozen=True)
+class FormView:
+    """What of the Unlearn form applies to a model; the rest is hidden (an empty "your prompts" box on a model that
+    only knows class labels, a setting that means nothing for it, a method that cannot run on it)."""
+
+    family: str | None  # None: not known before loading (a hub id offline, a mistyped folder): everything is shown
+    methods: list[tuple[str, str]]  # (label, name) of the offered methods that support the family
+    options: frozenset[str]  # what the family's comparison takes (models.catalog.FAMILY_OPTIONS): prompts, sampler, guidance
+
+    def method(self, wanted: str | None) -> str | None:
+        """``wanted`` when it runs on this model, else the first method that does."""
+        names = [name for _, name in self.methods]
+        return wanted if wanted in names else (names[0] if names else None)
+
+
+def form_view(model: str) -> FormView:
+    family = family_of(model)
+    options = FAMILY_OPTIONS.get(family, frozenset()) if family else frozenset().union(*FAMILY_OPTIONS.values())
+    return FormView(family, method_choices(family), options)
+
+
+def uses_anchor(method: str | None) -> bool:
+    """Whether the Anchor control applies: the method maps forgotten concepts to another one."""
+    return bool(method) and method in METHODS and METHODS[method].uses_anchor
+
+
+def anchor_info() -> str:
+    labels = [spec.label.split(" (")[0] for spec in METHODS.values() if spec.uses_anchor]
+    return f"{', '.join(labels)}: the forgotten concepts are drawn as this concept instead; 'none' erases them."
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -166,14 +216,13 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
     try:
         yield Outputs(status="Checking the request and loading the model…", loss=LOSS_EMPTY, metrics=[], pairs={})
         run = prepare(request)
-        profile = get_profile()
         device = f"{run.adapter.device} ({str(run.adapter.dtype).replace('torch.', '')})"
         head = f"**{run.spec.label}** on **{run.model_id}**, forgetting **{', '.join(run.task.forget)}** · device {device}"
-        folder = new_run_folder(profile.runs.dir, run.model_id, run.spec.name)
         last = 0.0
         shown = (0, 0, 0)  # forget / retain / own-prompt samples in the grids already sent
         closed = ""  # a closed-form edit's residuals, kept for the final status
-        for event in execute(run, out_dir=folder, cancel=cancel, owner=owner):
+        # a new folder under the profile's runs.dir, zipped for the download button, older runs pruned (runner.run_to_folder)
+        for event in run_to_folder(run, cancel=cancel, owner=owner, archive=True):
             now = time.perf_counter()
             if event.kind == "train":
                 s = event.step
@@ -207,12 +256,11 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
                     files = [event.folder / "images" / f"{g}_grid.png" for g in GROUPS]
                     out.forget_grid, out.retain_grid, out.prompt_grid = (str(f) if f.is_file() else None for f in files)
                     out.pairs = pair_images(st)
-                    out.download = str(zip_run(event.folder))
+                    out.download = str(event.archive)
                     m = st.metrics
                     fr = m.get("forget_rate", {})
                     summary = (f"forget rate {fr['original']:.2f} → {fr['unlearned']:.2f}" if "original" in fr else "")
                     out.status = f"{head}  \n**Done.** {summary}.{closed} Run folder: `{event.folder}`"
-                    prune_runs(profile.runs.dir, profile.runs.keep, profile.runs.max_bytes)
                 yield out
     except UnlearningError as exc:
         yield Outputs(status=f"**Could not run:** {exc}")
@@ -268,45 +316,41 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
 
 
 def relearn_test(run_folder: str | None, overrides: dict | None = None, results: list | None = None) -> Iterator[str]:
-    """The relearning test on the last run (ResAlign's threat model): fine-tune the unlearned model on
-    benign data, then forget rate and retain accuracy of original / unlearned / fine-tuned, same seeds.
-    ``results`` (when given) receives the report with the method, model, concepts and attack settings."""
-    from ..attacks.relearn import relearn, relearn_report, relearn_settings
-    from ..methods.base import RunContext
-    from ..runner import load_run
-
+    """The relearning test on the last run (ResAlign's threat model; :func:`unlearning.runner.relearn_run`, the same
+    code as ``python -m unlearning relearn``): fine-tune the unlearned model as a downstream user would, then forget
+    rate and retain accuracy of original / unlearned / fine-tuned, same seeds. ``results`` (when given) receives the
+    record (method, model, concepts, attack settings, report), as written to the run's relearn.json."""
     if not run_folder:
         yield "Run an unlearning first; the relearning test starts from the finished run."
         return
     try:
-        hold(Path(run_folder))  # under test: retention keeps it
-        run, edit = load_run(Path(run_folder))
-        settings = relearn_settings(run.model_id, overrides)
-        data = (f"benign data plus {settings.forget_shots} image(s) of the forgotten concept (few-shot relearning attack)"
-                if settings.forget_shots else "benign data")
-        yield f"Fine-tuning the unlearned model on {data} ({settings.mode}, {settings.steps} steps, lr {settings.lr:g})…"
-        result = relearn(run.adapter, edit, run.task, settings, RunContext())
-        yield "Sampling original, unlearned and fine-tuned models on the run's seeds…"
-        r = run.request
-        report = relearn_report(run.adapter, run.task, edit, result.edit, r.forget_samples, r.seed, retain_samples=r.retain_samples,
-                                num_inference_steps=r.num_inference_steps, guidance_scale=r.guidance_scale)
+        for event in relearn_run(Path(run_folder), overrides):
+            settings = event.settings
+            if event.kind == "finetune":
+                data = (f"benign data plus {settings.forget_shots} image(s) of the forgotten concept (few-shot relearning attack)"
+                        if settings.forget_shots else "benign data")
+                yield f"Fine-tuning the unlearned model on {data} ({settings.mode}, {settings.steps} steps, lr {settings.lr:g})…"
+            elif event.kind == "score":
+                yield "Sampling original, unlearned and fine-tuned models on the run's seeds…"
+            else:
+                record, forget = event.record, event.run.task.forget
     except UnlearningError as exc:
         yield f"**Could not run the relearning test:** {exc}"
         return
     if results is not None:
-        results.append({"method": run.spec.name, "model": run.model_id or str(r.model), "forget": run.task.forget,
-                        "settings": asdict(settings), "report": report, "relearn_s": result.timings.get("relearn_s")})
+        results.append(record)
 
     def cell(v):
         return "n/a" if v is None else f"{v:.2f}"
 
+    report, relearn_s = record["report"], record["timings"].get("relearn_s", 0)
     lines = ["| model | forget rate ↓ | retain accuracy ↑ |", "|---|---:|---:|"]
     lines += [f"| {row['model']} | {cell(row['forget_rate'])} | {cell(row['retain_accuracy'])} |" for row in report["rows"]]
     gap = report["relearn_gap"]
-    shots = f" + {settings.forget_shots} image(s) of {', '.join(run.task.forget)}" if settings.forget_shots else ""
+    shots = f" + {settings.forget_shots} image(s) of {', '.join(forget)}" if settings.forget_shots else ""
     lines += ["", f"**Relearn gap** (forget rate after the fine-tune − after unlearning): "
-              f"{'n/a' if gap is None else f'{100 * gap:+.1f} points'}; fine-tuned on {', '.join(result.benign)}{shots} "
-              f"({settings.mode}, {settings.steps} steps, {result.timings.get('relearn_s', 0):.1f} s), n = {report['n_forget']} forget samples."]
+              f"{'n/a' if gap is None else f'{100 * gap:+.1f} points'}; fine-tuned on {', '.join(record['benign'])}{shots} "
+              f"({settings.mode}, {settings.steps} steps, {relearn_s:.1f} s), n = {report['n_forget']} forget samples."]
     yield "\n".join(lines)
 
 

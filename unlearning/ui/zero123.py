@@ -194,10 +194,11 @@ def build_tab() -> None:
         losses = gr.LinePlot(loss_frame(None), x="step", y="value", color="curve", label="training curves", height=220)
         state = gr.State(None)
 
-        def on_run(m, f, fi, o, oi, r, tg, p, sd, sk, nr, k, dy, ep, cp, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
+        def on_run(model, forget, forget_image, override, override_image, remain, target, polar, seed, skipping, n_ref, skip,
+                   dynamic, epochs, compare_plain, progress=gr.Progress()):  # noqa: B008 (Gradio idiom; the API's parameter names)
             try:
-                return run_outputs(m, f, fi, o, oi, r, tg, p, sd, sk, nr, k, dy, ep, cp,
-                                   progress=lambda stage, frac: progress(frac, desc=stage))
+                return run_outputs(model, forget, forget_image, override, override_image, remain, target, polar, seed, skipping,
+                                   n_ref, skip, dynamic, epochs, compare_plain, progress=lambda stage, frac: progress(frac, desc=stage))
             except UnlearningError as exc:
                 gr.Warning(str(exc))
                 return (f"**Could not run:** {exc}", gr.update(), None, gr.update(), gr.update(), gr.update(), gr.update(), None)
