@@ -42,11 +42,16 @@ def test_the_anchor_shows_only_for_methods_that_map_a_concept():
         assert (spec.label.split(" (")[0] in ui.anchor_info()) == spec.uses_anchor, name
 
 
-def test_a_setting_that_means_nothing_for_a_family_is_hidden_for_it():
+def test_a_setting_that_means_nothing_for_a_family_is_hidden_for_it(capsys):
     controls = {(c.method, c.name): c for c in ui.setting_controls("digits")}
     last = controls[("uce", "include_last_token")]  # a class label has no EOS token
     assert not last.applies_to("class-conditional") and last.applies_to("stable-diffusion") and last.applies_to(None)
     assert all(c.applies_to("class-conditional") for k, c in controls.items() if k[1] != "include_last_token")
+    from unlearning.cli import main
+
+    assert main(["methods"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "--set include_last_token" in x)
+    assert line.endswith("(stable-diffusion models only)")
 
 
 @pytest.fixture(scope="module")

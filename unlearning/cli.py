@@ -236,7 +236,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
         for row in spec.describe(args.model):
             tuned = f" (tuned for {args.model}: {row['value']})" if row["tuned"] else ""
             extra = f" one of {', '.join(map(str, row['choices']))};" if row.get("choices") else ""
-            print(f"    --set {row['name']}=<{row['type']}>  paper default {row['paper']}{tuned};{extra} {row['help']}")
+            only = f" ({', '.join(row['families'])} models only)" if row.get("families") else ""
+            print(f"    --set {row['name']}=<{row['type']}>  paper default {row['paper']}{tuned};{extra} {row['help']}{only}")
         print()
     return 0
 
