@@ -7,7 +7,7 @@ Every ratio is measured side by side in this one run, against a baseline measure
     unlearning, per method   vs the fine-tuning baseline (same model, twin-tuned settings)
     sampling images/s    unlearned vs original model (the edit should cost no sampling speed)
     16 + 16 samples with metrics   vs the same 32 samples without metrics
-Prints a markdown table (paste into the README). Targets from the foundation issue are shown beside
+Prints a markdown table (paste into docs/benchmarks.md). Targets from the foundation issue are shown beside
 the numbers; they are targets, not assertions.
 """
 

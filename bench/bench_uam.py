@@ -7,7 +7,7 @@ Every row is `python -m unlearning run --model digits --method M --forget 3 --fo
 --retain-samples 8` with the twin-tuned settings, UAM off, then on with each rho (gamma = 1); ESD gets
 retain_weight = 1 in every row (UAM needs a retain loss, and the "off" row must differ only by UAM).
 The forget rate / retain accuracy come from the project's evaluator on the same sample seeds.
-Prints a markdown table (paste into the README).
+Prints a markdown table (paste into docs/benchmarks.md).
 """
 
 from __future__ import annotations

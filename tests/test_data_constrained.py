@@ -1,7 +1,7 @@
 """VDU beyond class labels (feature forgetting on the shapes-sd twin, latents + captions), SalUn on
 prompts, and the data-constrained comparison (``python -m unlearning bench vdu``): mechanics only.
 
-How well VDU forgets on a twin is a measurement (README, issue notes), not asserted here beyond
+How well VDU forgets on a twin is a measurement (docs/benchmarks.md, issue notes), not asserted here beyond
 "the ascent raises the forget concept's loss".
 """
 

@@ -1,6 +1,6 @@
 """UAM, the optimiser wrapper: its step on small known objectives, its settings on the diffusion methods,
 the UI's checkbox, and one short wrapped run of each method on the digits twin (plumbing, not quality;
-the with / without comparison is in bench/bench_uam.py and the README)."""
+the with / without comparison is in bench/bench_uam.py and docs/benchmarks.md)."""
 
 from __future__ import annotations
 

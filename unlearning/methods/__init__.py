@@ -121,7 +121,7 @@ METHODS: dict[str, MethodSpec] = {
             unlearn=resalign.unlearn,
             # twin scale: simulated fine-tunes at the relearning test's learning rates (5e-4 on digits), fewer and shorter runs.
             # ESD's target as L_h: with gradient ascent (lr 1e-3) the digit did not go at all (forget 1.00 -> 1.00); this
-            # forgets on digits (1.00 -> 0.06) and shapes-sd "star" (0.75 -> 0.04, retain 0.93; README).
+            # forgets on digits (1.00 -> 0.06) and shapes-sd "star" (0.75 -> 0.04, retain 0.93; docs/benchmarks.md).
             tuned={twin: {"iterations": 40, "lr": 1e-2, "objective": "esd", "negative_guidance": 2.0, "batch_size": 16,
                           "data_size": 32, "ft_lrs": "1e-3,5e-4,1e-4", "ft_steps": "2,5,10", "ft_batch_size": 8}
                    for twin in ("digits", "shapes-sd")},
