@@ -48,16 +48,20 @@ def app_run(model: Path, seed: int = 0) -> Path:
     return Path(outs[-1].download).with_suffix("")
 
 
-def test_the_app_handler_writes_zips_and_prunes_through_the_runner(tiny_model, runs_root):
+def test_the_app_handler_writes_zips_and_prunes_through_the_runner(tiny_model, runs_root, monkeypatch):
     folders = [app_run(tiny_model, seed) for seed in range(3)]
     for folder in folders:
-        assert folder.parent == runs_root and folder.name.endswith("-esd-" + folder.name.rsplit("-", 1)[-1])
-    # keep 2: the oldest run and its zip are gone, the two newest stay with their zips
-    assert not folders[0].exists() and not folders[0].with_suffix(".zip").exists()
-    assert all((f / "run.json").is_file() and f.with_suffix(".zip").is_file() for f in folders[1:])
+        assert folder.parent == runs_root and (folder / "run.json").is_file() and folder.with_suffix(".zip").is_file()
     # the user's normal permissions, not the temp folder's 0700 / the temp file's 0600
     assert stat.S_IMODE(folders[-1].stat().st_mode) == 0o777 & ~_umask()
     assert stat.S_IMODE(folders[-1].with_suffix(".zip").stat().st_mode) == 0o666 & ~_umask()
+    # keep 2, but a zip just offered for download holds its run: nothing is deleted yet
+    assert all(f.exists() for f in folders)
+    # an hour later the holds have lapsed: the next run prunes down to the two newest, zips included
+    monkeypatch.setattr("unlearning.run_folder.held", set)
+    folders.append(app_run(tiny_model, 3))
+    assert [f.exists() for f in folders] == [False, False, True, True]
+    assert not folders[0].with_suffix(".zip").exists() and folders[3].with_suffix(".zip").is_file()
 
 
 def test_a_folder_the_user_names_is_written_there_and_nothing_is_pruned(tiny_model, runs_root, tmp_path):
