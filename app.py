@@ -287,6 +287,8 @@ def methods_markdown() -> str:
         "- **SSIM / PSNR**: unlearned vs original image on the retained concepts (same seed): how intact they stayed.",
         "- **LPIPS**: needs AlexNet's pretrained weights; shown as *unavailable* (with how to enable it) when they "
         "are not cached. Never computed with random weights.",
+        "- **CLIP score** (open-vocabulary models such as real Stable Diffusion, where CLIP weights are cached): how well "
+        "the retained prompts' images match their prompts, original vs unlearned; also what recognises concepts there.",
         "- **evaluator-FID**: Fréchet distance between generated and real images on the *evaluator's* features "
         "(not Inception FID; biased upward at small sample counts — compare the two columns, not to published FIDs).",
         "- **timings**: measured wall-clock of the unlearning and seconds per sampled image for each model.",

@@ -153,7 +153,8 @@ def uses_anchor(method: str | None) -> bool:
 
 def anchor_info() -> str:
     labels = [spec.label.split(" (")[0] for spec in METHODS.values() if spec.uses_anchor]
-    return f"{', '.join(labels)}: the forgotten concepts are drawn as this concept instead; 'none' erases them."
+    return (f"the forgotten concepts are drawn as this concept instead; 'none' erases them (methods that map a concept: "
+            f"{', '.join(labels)})")
 
 
 # ---- the run ------------------------------------------------------------------------------------
