@@ -185,7 +185,7 @@ def test_the_form_shows_what_applies_to_the_model_and_method(page):
     EOS-token switch only for a text-to-image model."""
     from playwright.sync_api import expect
 
-    own_prompts = page.get_by_label("Your own prompts (optional)", exact=True)
+    own_prompts = page.get_by_role("textbox", name=re.compile(r"^Your own prompts \(optional\)"))  # label + its info
     anchor = page.get_by_label("Anchor (draw this instead)", exact=True)
     eos = page.get_by_label("include_last_token", exact=True).filter(visible=True)  # UCE's and ScaPre's: the one shown
     expect(anchor).to_be_visible()

@@ -46,7 +46,7 @@ def test_the_api_example_uses_parameters_the_app_has():
     code = re.search(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S).group(1)
     call = next(n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "predict")
     info = app.build_demo().get_api_info()["named_endpoints"]
-    endpoint = next(k.value for k in call.keywords if k.arg == "api_name")
+    endpoint = next(k.value.value for k in call.keywords if k.arg == "api_name")
     params = {p["parameter_name"] for p in info[endpoint]["parameters"]}
     assert {k.arg for k in call.keywords} - {"api_name"} <= params
     assert len(ast.parse(code).body[2].targets[0].elts) == len(info[endpoint]["returns"])  # the outputs it unpacks
