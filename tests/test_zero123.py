@@ -289,6 +289,11 @@ def test_twin_loads_through_the_same_code_and_draws_the_object_from_other_views(
     colours = torch.tensor([list(r3d.COLOURS).index(o.split()[0]) for o in objects for _ in range(2)])
     assert (heads["shape"].argmax(1) == shapes).float().mean() >= 0.6
     assert (heads["colour"].argmax(1) == colours).float().mean() >= 0.8
+    # what the comparison asks the evaluator: a shape word by the shape head, an object by both heads
+    truth = twin.ground_truth("blue pyramid", 75.0, [0.0, 90.0, 180.0])
+    assert twin.recognises(["pyramid"] * 3, truth).all() and twin.recognises(["blue pyramid"] * 3, truth).all()
+    assert not twin.recognises(["red pyramid"] * 3, truth).any() and not twin.recognises(["cube"] * 3, truth).any()
+    assert twin.recognises(["/some/image.png"], truth[:1]) is None  # an image: nothing known to look for
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +320,7 @@ def test_the_cli_run_writes_a_full_run_folder_with_view_metrics(twin_run):
     assert "--anchor 'blue cube'" in card["reproduce"] and "--preserve 'red sphere,green cylinder'" in card["reproduce"]
     m = json.loads((twin_run / "metrics.json").read_text())
     assert m["forget_rate"]["n"] == 8 and m["retain_accuracy"]["n"] == 16 and 0 <= m["forget_rate"]["unlearned"] <= 1
+    assert set(m["retain_accuracy"]["per_class"]["unlearned"]) == {"red sphere", "green cylinder"}  # shape and colour judged
     assert m["timings"]["method"]["unet_evals"] > 0 and m["timings"]["unlearn_s"] > 0
     assert m["lpips"].get("unavailable") or "value" in m["lpips"]
 

@@ -116,14 +116,16 @@ def plan_views(adapter: FamilyAdapter, task: UnlearnTask, *, forget_samples: int
                sampling_skips: Sequence[int] = (), skip_refs: int = 4) -> ComparisonPlan:
     """Every input (forget objects, then remain objects) seen from the adapter's comparison azimuths, once per seed:
     ceil(samples / views) seeds (at least one), the same seeds seed, seed+1, ... for every input, so every row of
-    views is comparable. One batch is one input at one seed."""
+    views is comparable. One batch is one input at one seed. What the evaluator looks for: in a forget view the
+    forget object's shape (still drawn?), in a remain view the whole object (shape and colour: drawn correctly?)."""
     azimuths = adapter.comparison_azimuths()
     items, targets, poses = [], [], []
     for group, concepts, samples in (("forget", task.forget, forget_samples), ("retain", task.retain, retain_samples)):
         for concept in concepts:
+            target = adapter.shape_of(concept) if group == "forget" else concept
             for k in range(max(1, -(-samples // len(azimuths)))):
                 items += [(group, concept, seed + k)] * len(azimuths)
-                targets += [concept] * len(azimuths)
+                targets += [target] * len(azimuths)
                 poses += azimuths
     return ComparisonPlan(
         items=items, targets=targets, azimuths=poses, input_polar=task.input_polar, sampler=sampler,
@@ -296,7 +298,8 @@ def _truth(adapter, state: ComparisonState, concept: str | None, idx: list[int])
 
 
 def _pair_row(adapter, views: torch.Tensor, reference: torch.Tensor, judged_as: str | None) -> dict:
-    """SSIM, PSNR, LPIPS (None when unavailable) of views vs a reference, and the share the evaluator calls ``judged_as``'s shape."""
+    """SSIM, PSNR, LPIPS (None when unavailable) of views vs a reference, and the share the evaluator calls ``judged_as``
+    (a shape)."""
     row = {"ssim": M.ssim(views, reference), "psnr": M.psnr(views, reference), "n": len(views)}
     try:
         row["lpips"] = M.lpips_distance(views, reference)
@@ -319,7 +322,7 @@ def view_metrics(adapter, state: ComparisonState, task: UnlearnTask) -> dict:
     inputs += [("retain", c, f"remain {k + 1}") for k, c in enumerate(task.retain)]
     pooled: dict[str, list[torch.Tensor]] = {"original": [], "unlearned": [], "truth": []}
     for group, concept, label in inputs:
-        idx = [i for i in range(n_done) if plan.items[i][0] == group and plan.target(i) == concept]
+        idx = [i for i in range(n_done) if plan.items[i][:2] == (group, concept)]
         if not idx:
             continue
         own = _truth(adapter, state, concept, idx)
@@ -330,9 +333,10 @@ def view_metrics(adapter, state: ComparisonState, task: UnlearnTask) -> dict:
             base = {"views": label, "object": concept_label(concept), "model": which}
             if override_truth is not None:
                 rows.append({**base, "against": f"override ({concept_label(override)})",
-                             **_pair_row(adapter, views, override_truth, override)})
+                             **_pair_row(adapter, views, override_truth, adapter.shape_of(override))})
             if own is not None:
-                rows.append({**base, "against": f"own ({concept_label(concept)})", **_pair_row(adapter, views, own, concept)})
+                rows.append({**base, "against": f"own ({concept_label(concept)})",
+                             **_pair_row(adapter, views, own, adapter.shape_of(concept))})
                 if group == "retain":
                     pooled[which].append(views)
             elif which == "unlearned":
@@ -342,7 +346,7 @@ def view_metrics(adapter, state: ComparisonState, task: UnlearnTask) -> dict:
         if own is not None and group == "retain":
             pooled["truth"].append(own)
         if override is not None and group == "forget" and override_truth is not None:
-            hits = {w: adapter.recognises([override] * len(idx), torch.stack([getattr(state, w)[i] for i in idx]))
+            hits = {w: adapter.recognises([adapter.shape_of(override)] * len(idx), torch.stack([getattr(state, w)[i] for i in idx]))
                     for w in ("original", "unlearned")}
             if all(h is not None for h in hits.values()):
                 entry = out.setdefault("override_rate", {"n": 0, "reference": "evaluator's shape head: forget views drawn "

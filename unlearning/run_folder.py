@@ -182,7 +182,7 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState, owner: 
                 inputs[concept] = f"inputs/{_safe(concept_label(concept))}.png"
                 to_pil(input_view(run, concept)).save(images / inputs[concept])
             for entry in index:
-                entry["input"] = inputs[entry["target"]]
+                entry["input"] = inputs[entry["prompt"]]  # a view plan's prompt is its input concept
         (images / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     return out
 
@@ -222,7 +222,7 @@ def view_grid(run, state: ComparisonState, idx: list[int]) -> Image.Image:
     view and the others its views around the object, original row above unlearned row."""
     blocks: dict[tuple[str, int], list[int]] = {}
     for i in idx:
-        blocks.setdefault((run.plan.target(i), run.plan.items[i][2]), []).append(i)
+        blocks.setdefault((run.plan.items[i][1], run.plan.items[i][2]), []).append(i)
     columns = 1 + max(len(b) for b in blocks.values())
     original, unlearned = [], []
     for (concept, _), items in blocks.items():

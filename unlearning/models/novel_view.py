@@ -142,14 +142,27 @@ class NovelViewAdapter(FamilyAdapter):
             raise InputError(f"input polar angle {float(polar):g} is outside the supported {lo:g}-{hi:g} degrees (90 = level with the object).")
         return float(polar)
 
+    def shape_of(self, concept: str) -> str:
+        """An object's shape word ("pyramid" of "blue pyramid"); an image concept as it is (no shape is known)."""
+        return concept if is_image_concept(concept) else object_from_name(concept).shape
+
     @torch.no_grad()
     def recognises(self, targets: Sequence[str], images: torch.Tensor) -> torch.Tensor | None:
-        """Whether the evaluator's shape head names each target object's shape; None without an evaluator or for
-        an image target (its shape is unknown)."""
+        """Whether the evaluator names every word of each target with its head for that word: "pyramid" by the
+        shape head, "blue pyramid" by the shape and the colour heads. None without an evaluator or for an image
+        target (nothing is known to look for)."""
         if self.evaluator is None or any(is_image_concept(t) for t in targets):
             return None
-        pred = self.evaluator.head_logits(images.to(self.evaluator.device))["shape"].argmax(1).cpu()
-        return pred == torch.tensor([r3d.SHAPES.index(object_from_name(t).shape) for t in targets])
+        heads = dict(self.evaluator.head_classes())
+        preds = {k: v.argmax(1).cpu() for k, v in self.evaluator.head_logits(images.to(self.evaluator.device)).items()}
+        hits = torch.ones(len(targets), dtype=torch.bool)
+        for i, target in enumerate(targets):
+            for word in target.split():
+                head = "shape" if word in r3d.SHAPES else "colour" if word in r3d.COLOURS else None
+                if head is None:
+                    raise InputError(f"the evaluator has no class '{word}' (of '{target}').")
+                hits[i] &= bool(preds[head][i] == heads[head].index(word))
+        return hits
 
     def comparison_azimuths(self) -> list[float]:
         """The delta azimuths each input is seen from in a comparison (the comparison engine's view plan)."""

@@ -113,7 +113,7 @@ def view_rows(folder: Path) -> list[dict]:
     index = json.loads((folder / "images" / "index.json").read_text())
     rows: dict[tuple[str, int], dict] = {}
     for e in index:
-        row = rows.setdefault((e["target"], e["seed"]), {"group": e["group"], "concept": e["target"], "seed": e["seed"],
+        row = rows.setdefault((e["prompt"], e["seed"]), {"group": e["group"], "concept": e["prompt"], "seed": e["seed"],
                                                          "input": str(folder / "images" / e["input"]), "azimuths": [],
                                                          "original": [], "unlearned": []})
         row["azimuths"].append(e["azimuth"])
