@@ -16,7 +16,7 @@ import gradio as gr
 from unlearning.devices import DEVICE_CHOICES
 from unlearning.hosting.profile import get_profile, install_log_redaction, use_profile
 from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
-from unlearning.methods import METHODS
+from unlearning.methods import METHODS, methods_for
 from unlearning.ui import relearn as ui_relearn
 from unlearning.ui import unlearn as ui
 from unlearning.ui import zero123 as ui_zero123
@@ -32,6 +32,7 @@ CSS = "img { image-rendering: pixelated; }"
 # The GPU work of one request. On a ZeroGPU Space this is `spaces.GPU(duration=<estimate from the
 # request>)`; elsewhere (no `spaces` package) it is ui.run_stream itself. Decorated at import, as ZeroGPU requires.
 run_stream = on_gpu(request_duration)(ui.run_stream)
+zero123_stream = on_gpu(ui_zero123.gpu_duration)(ui.run_stream)  # the Zero123 tab's runs: skip3d's own duration estimate
 
 
 def build_demo() -> gr.Blocks:
@@ -89,19 +90,10 @@ def build_demo() -> gr.Blocks:
                         setting_inputs: list[gr.components.Component] = []
                         groups = {}
                         with gr.Accordion("Method settings (paper defaults; values tuned for the twin)", open=False):
-                            for spec in METHODS.values():
+                            for spec in methods_for(ui.TAB_FAMILIES):
                                 with gr.Group(visible=spec.name == method0) as group:
                                     for c in (c for c in controls if c.method == spec.name):
-                                        shown = c.applies_to(view0.family)
-                                        if c.kind == "choice":
-                                            comp = gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info,
-                                                               visible=shown)
-                                        elif c.kind == "bool":
-                                            comp = gr.Checkbox(value=c.value, label=c.label, info=c.info, visible=shown)
-                                        else:
-                                            comp = gr.Number(value=c.value, label=c.label, info=c.info, visible=shown,
-                                                             precision=0 if c.kind == "int" else None)
-                                        setting_inputs.append(comp)
+                                        setting_inputs.append(ui.setting_component(c, view0.family))
                                 groups[spec.name] = group
                         with gr.Accordion("Comparison and device", open=False):
                             seed = gr.Number(0, label="seed", precision=0, info="first seed; the same seeds feed both models")
@@ -173,7 +165,7 @@ def build_demo() -> gr.Blocks:
                                                        info="ESD-x trains: minutes on a CPU")
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
 
-            ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui/zero123.py)
+            ui_zero123.build_tab(zero123_stream, viewer, zero_gpu_active())  # novel-view unlearning (unlearning/ui/zero123.py)
 
             build_runs_tab(viewer)  # earlier runs: reopen one, compare two (unlearning/ui/runs.py)
 

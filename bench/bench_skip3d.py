@@ -2,11 +2,13 @@
 
     python bench/bench_skip3d.py [--skips 8,12,16] [--n-ref 4] [--out bench/results/skip3d.json]
 
-One process, one seed: the method without skipping runs once, then with skipping at each jump length
-(N_ref references); every run's forget / remain quality against ground-truth renders is printed beside its
-wall-clock, and the sampling table (seconds per view at skip 0 / 8 / 12 / 16 with SSIM / PSNR /
+One process, one seed: the method with skipping at the first jump length runs first, then without skipping,
+then with skipping at each other jump length (N_ref references); every run's forget / remain quality against
+ground-truth renders (the comparison engine's view plan: every input seen from 8 azimuths, seed 0) is printed
+beside its wall-clock, and the sampling table (seconds per view at skip 0 / 8 / 12 / 16 with SSIM / PSNR /
 evaluator-FID) comes from the first skipping run's unlearned model. Ratios are measured side by side here;
-the paper's numbers are printed next to them for reference, not as targets.
+the paper's numbers are printed next to them for reference, not as targets. Everything goes through the shared
+path: the catalog's adapter, the registered method (an Edit each), the comparison engine.
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unlearning import novel_view as nv  # noqa: E402
+from unlearning.compare import ComparisonState, generate_plan, plan_comparison, sampling_table, score  # noqa: E402
+from unlearning.methods import get_method  # noqa: E402
+from unlearning.methods.base import RunContext, UnlearnTask  # noqa: E402
+from unlearning.methods.skip3d import PAPER_SPEEDUP  # noqa: E402
+from unlearning.models.catalog import load_adapter  # noqa: E402
+
+SAMPLING_SKIPS = (0, 8, 12, 16)
 
 
-def quality(result: dict) -> dict:
+def quality(metrics: dict) -> dict:
     """Forget views vs the override's renders and remain views vs their own (mean over remain inputs)."""
     out = {}
-    for m in result["metrics"]:
+    for m in metrics["ground_truth"]["rows"]:
         if m["views"] == "forget" and m["against"].startswith("override"):
             out[f"forget_to_override_ssim_{m['model']}"] = m["ssim"]
             out[f"forget_to_override_psnr_{m['model']}"] = m["psnr"]
@@ -49,28 +57,42 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     skips = [int(s) for s in args.skips.split(",")]
-    common = {"forget": "blue pyramid", "override": "blue cube", "remain": ["red sphere", "green cylinder", "orange torus"]}
+    adapter = load_adapter(args.model)
+    spec = get_method("skip3d")
+    model_id = args.model if args.model in spec.tuned else None
+    task = UnlearnTask(forget=["blue pyramid"], retain=["red sphere", "green cylinder", "orange torus"], anchor="blue cube",
+                       seed=args.seed, input_polar=75.0)
+    plan = plan_comparison(adapter, task, forget_samples=8, retain_samples=8, seed=args.seed, sampling_skips=SAMPLING_SKIPS,
+                           skip_refs=args.n_ref)
+    original, _ = generate_plan(adapter, adapter.unet, plan)
+
+    def unlearn(**overrides):
+        settings = spec.settings(model_id, {"n_ref": args.n_ref, **overrides})
+        edit = spec.unlearn(adapter, task, settings, RunContext())
+        edited = edit.apply_to_copy(adapter.unet)
+        unlearned, _ = generate_plan(adapter, edited, plan)
+        metrics = score(adapter, ComparisonState(plan, original, unlearned), task)
+        return settings, edit, edited, quality(metrics)
+
     rows, sampling, first = [], None, None
     t0 = time.perf_counter()
     for i, k in enumerate(skips):
-        result = nv.run(args.model, **common, settings={"skip": k, "n_ref": args.n_ref}, seed=args.seed, compare_plain=(i == 0),
-                        sampling_skips=nv.SAMPLING_SKIPS if i == 0 else ())
-        t = result["timings"]
+        settings, edit, edited, q = unlearn(skip=k)
+        t = edit.timings
         if i == 0:
-            first = result
-            sampling = result["sampling"]
-            plain = {"variant": "no skipping", "skip": 0, "unlearn_s": t["unlearn_s_plain"], "trajectory_s": t["trajectory_s_plain"],
-                     "unet_evals": t["unet_evals_plain"], "speedup": 1.0, "paper_speedup": None}
-            rows.append(plain)
-            # quality of the plain run: its unlearned UNet through the same comparison
-            plain_q = nv.compare_views(result, result["plain_unet"])
-            rows[0].update(quality(plain_q))
-        rows.append({"variant": f"skipping, {args.n_ref} refs", "skip": k, "unlearn_s": t["unlearn_s_skipping"],
-                     "trajectory_s": t["trajectory_s_skipping"], "unet_evals": t["unet_evals_skipping"],
-                     "speedup": rows[0]["unlearn_s"] / t["unlearn_s_skipping"], "paper_speedup": nv.PAPER_SPEEDUPS["unlearning"].get(k),
-                     **quality(result)})
-    print(f"\nskip3d on {args.model}: forget blue pyramid -> blue cube, remain {', '.join(common['remain'])}; seed {args.seed}; "
-          f"settings {json.dumps({k: first['settings'][k] for k in ('epochs', 'steps', 'azimuth_step', 'lr_gen', 'lr_fake', 'mu')})}\n")
+            first = settings
+            sampling = sampling_table(adapter, edited, plan, task)
+            _, plain, _, plain_q = unlearn(skip=k, skipping=False)
+            p = plain.timings
+            rows.append({"variant": "no skipping", "skip": 0, "unlearn_s": p["unlearn_s"], "trajectory_s": p["trajectory_s"],
+                         "unet_evals": p["unet_evals"], "speedup": 1.0, "paper_speedup": None, **plain_q})
+        rows.append({"variant": f"skipping, {args.n_ref} refs", "skip": k, "unlearn_s": t["unlearn_s"],
+                     "trajectory_s": t["trajectory_s"], "unet_evals": t["unet_evals"],
+                     "speedup": rows[0]["unlearn_s"] / t["unlearn_s"], "paper_speedup": PAPER_SPEEDUP.get(k) if args.n_ref == 4 else None,
+                     **q})
+    settings = {k: getattr(first, k) for k in ("epochs", "steps", "azimuth_step", "lr_gen", "lr_fake", "mu")}
+    print(f"\nskip3d on {args.model}: forget blue pyramid -> blue cube, remain {', '.join(task.retain)}; seed {args.seed}; "
+          f"settings {json.dumps(settings)}\n")
     print("| variant | skip | unlearn s | trajectories s | UNet view-steps | speedup | paper | forget->override SSIM (orig -> unl.) "
           "| forget->override shape share | remain SSIM (orig -> unl.) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -85,8 +107,9 @@ def main() -> None:
         print(f"| {r['skip']} | {r['seconds_per_view']:.4f} | {r['speedup']:.2f}x | {r['paper_speedup'] or '-'} | {r['ssim']:.3f} | "
               f"{r['psnr']:.2f} | {r['evaluator_fid']:.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": args.model, "seed": args.seed, "settings": first["settings"], "runs": rows, "sampling": sampling,
-               "total_s": time.perf_counter() - t0, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    payload = {"model": args.model, "seed": args.seed, "settings": {f: getattr(first, f) for f in first.__dataclass_fields__},
+               "runs": rows, "sampling": sampling, "total_s": time.perf_counter() - t0, "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"\nwrote {args.out} ({payload['total_s']:.0f} s in all)")
 

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from unlearning import novel_view as nv  # noqa: E402
+from unlearning.runner import RunRequest, execute, prepare  # noqa: E402
 
 
 def main() -> None:
@@ -33,14 +33,17 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_skip3d_real needs a CUDA GPU (none here).")
-    settings = {"epochs": args.epochs, **dict(s.split("=", 1) for s in args.set)}
+    settings = {"epochs": args.epochs, "measure_speedup": True, **dict(s.split("=", 1) for s in args.set)}
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = nv.run(args.model, forget="blue pyramid", override="blue cube", remain=["red sphere", "green cylinder"],
-                    settings=settings, compare_plain=True)
+    run = prepare(RunRequest(model=args.model, method="skip3d", forget=["blue pyramid"], anchor="blue cube",
+                             preserve=["red sphere", "green cylinder"], settings=settings, forget_samples=8, retain_samples=8,
+                             sampling_skips=[0, 8, 12, 16]))
+    events = list(execute(run))
+    metrics = events[-1].state.metrics
     payload = {"model": args.model, "gpu": torch.cuda.get_device_name(), "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
-               "timings": result["timings"], "sampling": result["sampling"], "metrics": result["metrics"],
-               "settings": result["settings"], "total_s": time.perf_counter() - t0}
+               "timings": metrics["timings"], "sampling": metrics.get("sampling"), "metrics": metrics["ground_truth"],
+               "settings": events[-1].edit.settings, "total_s": time.perf_counter() - t0}
     print(json.dumps({k: payload[k] for k in ("gpu", "peak_memory_gb", "timings", "total_s")}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")

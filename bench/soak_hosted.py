@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from apphelpers import OUT_DOWNLOAD, OUT_STATUS, free_port, unlearn_args  # noqa: E402
+from apphelpers import OUT_DOWNLOAD, OUT_STATUS, free_port, unlearn_args, zero123_args  # noqa: E402
 
 TINY = {"forget_samples": 1, "retain_samples": 1, "steps": 1}
 MIX = ("run", "upload", "run", "cancel", "export")  # each user's five requests, rotated per user
@@ -123,8 +123,7 @@ def main() -> None:
                         row["ok"] = True
                     elif kind == "upload":
                         bad = not_image if u % 2 else huge
-                        out = client.predict("shapes-3d", "blue pyramid", gradio_client.handle_file(str(bad)), "blue cube", None,
-                                             ["red sphere"], "override", 75, 0, True, 4, 12, False, 1, False, api_name="/zero123")
+                        out = client.predict(*zero123_args(forget_image=gradio_client.handle_file(str(bad))), api_name="/zero123")
                         row["ok"] = str(out[0]).startswith("**Could not run:**")
                         row["message"] = str(out[0])[:120]
                     else:  # export: my own runs only

@@ -78,3 +78,24 @@ def unlearn_args(*, model: str = MODEL, forget: Any = ("3",), anchor: str | None
     forget_list = list(forget) if isinstance(forget, (list, tuple)) else forget
     return [model, forget_list, anchor or ui.ERASE, method, c["seed"], c["forget_samples"], c["retain_samples"],
             c["steps"], guidance, device, list(preserve), sampler, prompts, *values]
+
+
+#: outputs of /zero123 as gradio_client returns them (gr.State outputs are not part of the API)
+Z_STATUS, Z_LOSS, Z_FORGET, Z_REMAIN, Z_METRICS, Z_GALLERY, Z_SLIDER, Z_SAMPLING, Z_TIMINGS, Z_DOWNLOAD = range(10)
+#: skip3d settings that make a shapes-3d run take seconds on a CPU (pictures don't matter here)
+FAST_SKIP3D = {"epochs": 1, "steps": 4, "skip": 2, "n_ref": 2, "azimuth_step": 90.0}
+
+
+def zero123_args(*, model: str = "shapes-3d", forget: str = "blue pyramid", forget_image: Any = None, override: str = "blue cube",
+                 override_image: Any = None, remain: Any = ("red sphere",), polar: float = 75, seed: int = 0,
+                 time_sampling: bool = False, settings: dict[str, Any] | None = None) -> list[Any]:
+    """Positional inputs of ``/zero123``: model, forget object, forget image, override object, override image, remain
+    objects, input polar, seed, the sampling-table box, then every generated skip3d setting. Fast by default."""
+    from unlearning.ui import zero123 as uz
+
+    values = {**FAST_SKIP3D, **(settings or {})}
+    controls = uz.setting_controls(model)
+    if unknown := set(values) - {c.name for c in controls}:
+        raise KeyError(f"skip3d has no setting(s) {sorted(unknown)}")
+    return [model, forget, forget_image, override, override_image, list(remain), polar, seed, time_sampling,
+            *(values.get(c.name, c.value) for c in controls)]

@@ -8,6 +8,7 @@ must show "Could not run" with a message. Skipped where chromium or playwright i
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from apphelpers import FAST_COMPARE, FAST_ESD, RUN_TIMEOUT_S, launched_app
@@ -224,20 +225,43 @@ def test_scaling_tab_shows_the_stored_curve(page, artifacts_dir):
     assert shot.is_file() and shot.stat().st_size > 20_000
 
 
-def test_zero123_tab_runs_and_shows_the_multi_view_grid(page, artifacts_dir):
-    """shapes-3d, forget blue pyramid -> blue cube, one epoch without the plain comparison; a tile click fills
-    the slider; a bad input (forget = override) shows a message instead of crashing."""
+def test_zero123_tab_generated_controls_cancel_and_multi_view_grid(page, artifacts_dir):
+    """The Zero123 tab's skip3d controls are generated from Skip3DSettings (twin-tuned values shown); Cancel stops a
+    long run at once (the method's thread ends); a fast run then shows the multi-view grid and its metrics; a bad
+    input (forget = override) shows a message instead of crashing."""
+    import threading
+
     from playwright.sync_api import expect
 
+    from unlearning.methods import get_method
+    from unlearning.methods.base import settings_fields
+
     page.get_by_role("tab", name="Zero123: novel views").click()
-    page.get_by_text("settings: timestep skipping and training").click()
-    set_number(page, "epochs", 1)
-    page.get_by_label("also run without skipping (measures the speedup; doubles the time)").uncheck()
-    page.get_by_role("button", name="Run", exact=True).click()
-    expect(page.get_by_text("Done: forget views", exact=False)).to_be_visible(timeout=RUN_TIMEOUT_MS)
-    expect(page.get_by_role("gridcell").filter(has_text="override (blue cube)").first).to_be_visible()
-    expect(page.get_by_text("Measured speedup", exact=False)).to_have_count(0)  # not measured: the plain run was off
-    tiles = page.locator("[data-testid='gallery'] button.thumbnail-item, .grid-wrap button")
+    tab = page.locator("#zero123-tab")
+    tab.get_by_text("skip3d settings").click()
+    for f in settings_fields(get_method("skip3d").settings_cls):  # one control per field, labelled by the field
+        expect(tab.get_by_label(f.metadata.get("label") or f.name, exact=True)).to_have_count(1)
+    expect(tab.get_by_label("azimuth_step", exact=True)).to_have_value("45")  # tuned for shapes-3d (paper: 10)
+    expect(tab.get_by_label("lr_gen", exact=True)).to_have_value("0.0002")
+    tab.get_by_label("time sampling at skip 0 / 8 / 12 / 16 (the sampling table)").uncheck()
+
+    set_number(tab, "epochs", 200)
+    tab.get_by_role("button", name="Run", exact=True).click()
+    # the status line (case-sensitive: the progress bar says "unlearning: step" too)
+    expect(tab.get_by_text(re.compile("Unlearning: step")).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    tab.get_by_role("button", name="Cancel", exact=True).click()
+    deadline = time.monotonic() + 20
+    while any(t.name == "unlearn-skip3d" and t.is_alive() for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the cancelled skip3d run is still training"
+        time.sleep(0.2)
+
+    for label, value in (("epochs", 1), ("azimuth_step", 90), ("steps", 8), ("skip", 4)):
+        set_number(tab, label, value)
+    tab.get_by_role("button", name="Run", exact=True).click()
+    expect(tab.get_by_text("Done: forget views", exact=False).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(tab.get_by_role("gridcell").filter(has_text="override (blue cube)").first).to_be_visible()
+    expect(tab.get_by_text("Measured speedup", exact=False)).to_have_count(0)  # not measured: the plain run was off
+    tiles = tab.locator("[data-testid='gallery'] button.thumbnail-item, .grid-wrap button")
     expect(tiles.first).to_be_visible()
     assert tiles.count() >= 2 * 9
     tiles.nth(3).click()
@@ -249,5 +273,5 @@ def test_zero123_tab_runs_and_shows_the_multi_view_grid(page, artifacts_dir):
     assert shot.is_file() and shot.stat().st_size > 50_000
 
     pick(page, "override object (drawn instead)", "blue pyramid")
-    page.get_by_role("button", name="Run", exact=True).click()
-    expect(page.get_by_text("the override is the same as the forget object", exact=False).first).to_be_visible()
+    tab.get_by_role("button", name="Run", exact=True).click()
+    expect(tab.get_by_text("is also being forgotten", exact=False).first).to_be_visible()

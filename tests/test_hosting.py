@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from unlearning import novel_view
 from unlearning.atomic import zip_dir
 from unlearning.cli import main
 from unlearning.errors import InputError
@@ -102,13 +101,44 @@ def test_a_hosted_profile_refuses_local_paths_without_saying_whether_they_exist(
     assert "not offered here" in answers[0] and "does not load folders" in answers[0]
     assert "model_index" not in answers[0] and "is a file" not in answers[0]
     assert not (tmp_path / "out").exists()
-    # the same gate in front of the novel-view models
+    # the same gate in front of the novel-view models (one catalog, one resolve)
     zero123 = set()
     for probe in probes:
         with pytest.raises(InputError) as caught:
-            novel_view.resolve(probe)
+            resolve(probe)
         zero123.add(str(caught.value).replace(probe, "<model>"))
     assert len(zero123) == 1, zero123
+
+
+def test_a_hosted_profile_reads_no_image_of_its_disk_as_a_novel_view_concept_only_staged_uploads(tmp_path, monkeypatch):
+    """A novel-view concept may be an image file; hosted, a typed path is answered like any unknown object (exists or
+    not, image or not), and only an upload the app staged (checked, renamed at random) is read."""
+    from PIL import Image
+
+    from unlearning.images import stage_upload
+    from unlearning.models.catalog import load_adapter
+
+    path = tmp_path / "hosted.yaml"
+    path.write_text(f"models: [shapes-3d]\nruns: {{dir: {tmp_path / 'runs'}}}\n")
+    monkeypatch.setenv(ENV_VAR, str(path))
+    monkeypatch.delenv(SPACE_ENV_VAR, raising=False)
+    get_profile.cache_clear()
+    try:
+        picture = tmp_path / "picture.png"
+        Image.new("RGB", (40, 40), (0, 0, 255)).save(picture)
+        adapter = load_adapter("shapes-3d", "cpu")
+        answers = set()
+        for probe in ["/etc/passwd", str(picture), "/no/such/picture.png", str(ASSETS / "shapes-3d" / "demo" / "blue_cube.png")]:
+            with pytest.raises(InputError) as caught:
+                adapter.validate_concept(probe)
+            answers.add(str(caught.value).replace(probe, "<text>"))
+        assert len(answers) == 1 and "upload an image" in answers.pop()
+        staged, _ = stage_upload(picture)
+        assert staged.parent == tmp_path / "runs" / ".uploads" and adapter.validate_concept(str(staged)) == str(staged.resolve())
+        with pytest.raises(InputError, match="is not an image"):  # our message for a bad upload
+            stage_upload(tmp_path / "hosted.yaml")
+    finally:
+        get_profile.cache_clear()
 
 
 def test_a_hosted_profile_refuses_hub_ids_it_does_not_offer_and_keeps_its_twins(hosted):

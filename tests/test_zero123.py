@@ -1,4 +1,4 @@
-"""Zero123 family: renderer, pipeline maths and layout, skipping bookkeeping, skip3d, bad input."""
+"""Zero123 family: renderer, pipeline maths and layout, the adapter, skipping bookkeeping, skip3d, bad input."""
 
 from __future__ import annotations
 
@@ -9,21 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from unlearning import novel_view as nv
 from unlearning.datasets import render3d as r3d
 from unlearning.embedded import shapes3d as s3d
-from unlearning.errors import InputError
-from unlearning.methods.base import build_settings
-from unlearning.methods.skip3d import (
-    Skip3DSettings,
-    ViewTask,
-    plan_skipping,
-    run_trajectories,
-    sample_views,
-    unlearn_views,
-)
-from unlearning.models.catalog import resolve
+from unlearning.errors import CancelledError, InputError
+from unlearning.methods import get_method
+from unlearning.methods.base import RunContext, UnlearnTask, build_settings
+from unlearning.methods.skip3d import Skip3DSettings, ViewTask, unlearn_views, view_task
+from unlearning.models.catalog import load_adapter, resolve
+from unlearning.models.novel_view import NovelViewAdapter
+from unlearning.models.view_sampling import plan_skipping, run_trajectories
 from unlearning.models.zero123 import CCProjection, Zero123, load_image, pose_vector
+from unlearning.runner import RunRequest, prepare
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +36,15 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny(tiny_folder):
     return Zero123.from_pretrained(tiny_folder)
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_folder):
+    """The novel-view family adapter on the random tiny model."""
+    return NovelViewAdapter(tiny_folder, torch.device("cpu"), torch.float32)
+
+
+FAST = {"epochs": 1, "steps": 4, "skip": 2, "n_ref": 2, "azimuth_step": 90.0, "lr_gen": 1e-3, "lr_fake": 1e-3, "mu": 1.0}
 
 
 def unit(obj: str, azimuth: float = 0.0) -> torch.Tensor:
@@ -117,12 +122,14 @@ def test_guidance_zeroes_both_the_token_and_the_concat_latent(tiny):
 def test_loading_rejects_what_is_not_zero123(tmp_path, tiny_folder):
     with pytest.raises(InputError, match="not a loadable Zero123"):
         Zero123.from_pretrained(tmp_path)
-    with pytest.raises(InputError, match="Zero123 tab"):  # the text-to-image tab points to the right place
-        resolve(str(tiny_folder))
+    assert resolve(str(tiny_folder))[2] == "novel-view"  # one catalog: a Zero123 folder is a model like any other
+    assert resolve("shapes-3d")[2] == "novel-view"
     with pytest.raises(InputError, match="no model_index.json"):
-        nv.resolve(str(tmp_path))
-    with pytest.raises(InputError, match="unknown Zero123 model"):
-        nv.resolve("no-such-model")
+        resolve(str(tmp_path))
+    with pytest.raises(InputError, match="unknown model"):
+        resolve("no-such-model")
+    with pytest.raises(InputError, match="does not support novel-view"):  # a 2D method on a Zero123 model
+        prepare(RunRequest(model=str(tiny_folder), method="esd", forget=["blue pyramid"]))
 
 
 def test_input_images_are_composited_padded_and_resized_with_notes(tmp_path):
@@ -160,18 +167,27 @@ def test_plan_picks_evenly_spaced_references_and_blends_the_two_most_similar():
         plan_skipping(az[:3], None, n_ref=4, skip=12)
 
 
-def test_skip_zero_equals_plain_and_skipping_saves_exactly_the_skipped_steps(tiny):
+def test_skip_zero_equals_plain_and_skipping_saves_exactly_the_skipped_steps(adapter):
     image = unit("yellow cube")
-    cond = tiny.condition(*tiny.encode_images(image), pose_vector(0.0, [0.0, 60.0, 120.0, 180.0, 240.0, 300.0]))
+    cond = adapter.view_condition(image, [0.0, 60.0, 120.0, 180.0, 240.0, 300.0])
     noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    plain, info_p = run_trajectories(tiny, tiny.unet, cond, steps=6, guidance=3.0, noise=noise, plan=None)
+    plain, info_p = run_trajectories(adapter, adapter.unet, cond, steps=6, guidance=3.0, noise=noise, plan=None)
     zero = plan_skipping([0.0, 60.0, 120.0, 180.0, 240.0, 300.0], cond.token, n_ref=2, skip=0)
-    same, _ = run_trajectories(tiny, tiny.unet, cond, steps=6, guidance=3.0, noise=noise, plan=zero)
+    same, _ = run_trajectories(adapter, adapter.unet, cond, steps=6, guidance=3.0, noise=noise, plan=zero)
     assert torch.allclose(plain, same, atol=1e-5)
     plan = plan_skipping([0.0, 60.0, 120.0, 180.0, 240.0, 300.0], cond.token, n_ref=2, skip=4)
-    skipped, info_s = run_trajectories(tiny, tiny.unet, cond, steps=6, guidance=3.0, noise=noise, plan=plan)
+    skipped, info_s = run_trajectories(adapter, adapter.unet, cond, steps=6, guidance=3.0, noise=noise, plan=plan)
     assert info_p["unet_evals"] == 6 * 6 and info_s["unet_evals"] == 2 * 6 + 4 * (6 - 4)
     assert torch.allclose(skipped[plan.references], plain[plan.references], atol=1e-5)  # references run the full trajectory
+
+
+def test_the_adapters_generate_is_the_plain_trajectory_from_each_seeds_noise(adapter):
+    """The comparison engine's views (shared DDIM loop) equal the skipping sampler's plain trajectories."""
+    image = unit("red sphere")
+    views, _ = adapter.sample_views(adapter.unet, image, [0.0, 90.0, 180.0], steps=4, guidance=3.0, seed=3)
+    assert torch.equal(adapter.input_view("red sphere", 75.0)[0], image)  # a concept's input view: the renderer's
+    generated = adapter.generate(["red sphere"] * 3, [3] * 3, azimuths=[0.0, 90.0, 180.0], num_inference_steps=4, guidance_scale=3.0)
+    assert torch.allclose(views, generated, atol=1e-5)
 
 
 def test_settings_reject_impossible_values():
@@ -186,77 +202,175 @@ def test_settings_reject_impossible_values():
 
 
 # ---- the method and the run ---------------------------------------------------------------------------
-def test_skip3d_trains_a_copy_and_leaves_the_base_model_untouched(tiny):
-    before = {k: v.clone() for k, v in tiny.unet.state_dict().items()}
-    settings = build_settings(Skip3DSettings, {}, {"epochs": 1, "steps": 4, "skip": 2, "n_ref": 2, "azimuth_step": 90.0,
-                                                   "lr_gen": 1e-3, "lr_fake": 1e-3, "mu": 1.0})
+def test_skip3d_trains_a_copy_and_leaves_the_base_model_untouched(adapter):
+    before = {k: v.clone() for k, v in adapter.unet.state_dict().items()}
+    settings = build_settings(Skip3DSettings, {}, FAST)
     task = ViewTask(unit("blue pyramid"), unit("blue cube"), [unit("red sphere")])
-    result = unlearn_views(tiny, task, settings)
-    assert all(torch.equal(v, tiny.unet.state_dict()[k]) for k, v in before.items())
+    result = unlearn_views(adapter, task, settings)
+    assert all(torch.equal(v, adapter.unet.state_dict()[k]) for k, v in before.items())
     changed = sum(not torch.equal(p.float(), before[n].float()) for n, p in result.unet.named_parameters())
     assert changed > 0 and all(np.isfinite(e["loss"]) for e in result.log)
     assert result.timings["unet_evals"] < 2 * 4 * 4  # 2 inputs x 4 views x 4 steps without skipping
-    views, info = sample_views(tiny, result.unet, unit("blue pyramid"), [0.0, 90.0], steps=4)
+    views, info = adapter.sample_views(result.unet, unit("blue pyramid"), [0.0, 90.0], steps=4, guidance=3.0)
     assert views.shape == (2, 3, 32, 32) and views.min() >= 0 and views.max() <= 1
+
+
+def test_the_registered_method_returns_an_exact_edit_and_the_same_seed_gives_the_same_weights(adapter):
+    spec = get_method("skip3d")
+    assert spec.families == ("novel-view",) and spec.uses_anchor
+    task = UnlearnTask(forget=["blue pyramid"], retain=["red sphere"], anchor="blue cube", seed=0, input_polar=75.0)
+    settings = spec.settings(None, {**FAST, "measure_speedup": True})
+    first, second = (spec.unlearn(adapter, task, settings, RunContext()) for _ in range(2))
+    assert first.method == "skip3d" and first.params and first.params.keys() == second.params.keys()
+    assert all(torch.equal(first.params[k], second.params[k]) for k in first.params)
+    # the Edit is exactly the generator's weights: the same as unlearn_views' UNet on the same input views
+    direct = unlearn_views(adapter, view_task(adapter, task, settings), settings).unet
+    edited = first.apply_to_copy(adapter.unet)
+    assert all(torch.equal(p, q) for p, q in zip(edited.parameters(), direct.parameters(), strict=True))
+    t = first.timings
+    assert t["unet_evals"] < t["plain_unet_evals"] and t["speedup"] == pytest.approx(t["plain_unlearn_s"] / t["unlearn_s"])
+
+
+def test_cancel_stops_the_method_between_denoising_steps(adapter):
+    ctx = RunContext()
+    ctx.cancel.set()
+    task = UnlearnTask(forget=["blue pyramid"], retain=["red sphere"], anchor="blue cube", input_polar=75.0)
+    with pytest.raises(CancelledError):
+        get_method("skip3d").unlearn(adapter, task, get_method("skip3d").settings(None, FAST), ctx)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"forget": "blue pyramid", "override": "blue pyramid", "remain": ["red sphere"]}, "same as the forget"),
-        ({"forget": "blue pyramid", "override": "blue cube", "remain": []}, "remain set is empty"),
-        ({"forget": "blue pyramid", "override": "blue cube", "remain": ["blue pyramid"]}, "also in the remain"),
-        ({"forget": "teapot", "override": "blue cube", "remain": ["red sphere"]}, "colour"),
-        ({"forget": "", "override": "blue cube", "remain": ["red sphere"]}, "no forget object"),
-        ({"forget": "blue pyramid", "override": "blue cube", "remain": ["red sphere"], "input_polar": 10.0}, "outside the supported"),
+        ({"forget": ["blue pyramid"], "anchor": "blue pyramid", "preserve": ["red sphere"]}, "also being forgotten"),
+        ({"forget": ["blue pyramid"], "anchor": "blue cube", "preserve": ["blue pyramid"]}, "both forgotten and preserved"),
+        ({"forget": ["blue pyramid"], "anchor": "blue cube", "preserve": ["blue cube"]}, "override is also a remain"),
+        ({"forget": ["teapot"], "anchor": "blue cube", "preserve": ["red sphere"]}, "colour"),
+        ({"forget": [""], "anchor": "blue cube", "preserve": ["red sphere"]}, "concept to forget is empty"),
+        ({"forget": ["blue pyramid", "red cone"], "anchor": "blue cube"}, "one object per run"),
+        ({"forget": ["blue pyramid"]}, "needs an override"),
+        ({"forget": ["blue pyramid"], "anchor": "blue cube", "input_polar": 10.0}, "outside the supported"),
+        ({"forget": ["blue pyramid"], "anchor": "blue cube", "sampling_skips": [40]}, "sampling skips"),
     ],
 )
-def test_bad_run_inputs_get_clear_messages(tiny, kwargs, message):
+def test_bad_run_inputs_get_clear_messages(tiny_folder, kwargs, message):
     with pytest.raises(InputError, match=message):
-        nv.make_inputs(tiny, **{"input_polar": 75.0, **kwargs})
+        prepare(RunRequest(model=str(tiny_folder), method="skip3d", **kwargs))
 
 
-def test_erase_to_background_needs_no_override(tiny):
-    inputs = nv.make_inputs(tiny, forget="blue pyramid", override=None, remain=["red sphere"], input_polar=75.0, target="background")
-    assert inputs.override.min() == 1.0 and any("background" in n for n in inputs.notes)
+def test_images_are_concepts_and_identical_inputs_are_refused(adapter, tmp_path):
+    png = tmp_path / "pyramid.png"
+    Image.fromarray(r3d.render(r3d.Object3D("pyramid", "blue"), 75.0, 0.0, size=64)).save(png)
+    assert adapter.validate_concept(str(png)) == str(png.resolve())  # the local profile reads the user's files
+    with pytest.raises(InputError, match="no image file"):
+        adapter.validate_concept(str(tmp_path / "missing.png"))
+    task = UnlearnTask(forget=[str(png.resolve())], retain=["red sphere"], anchor=str(png.resolve()), input_polar=75.0)
+    with pytest.raises(InputError, match="same as the forget"):
+        view_task(adapter, task, Skip3DSettings())
+
+
+def test_erase_to_background_needs_no_override(adapter):
+    task = UnlearnTask(forget=["blue pyramid"], retain=["red sphere"], input_polar=75.0)
+    settings = build_settings(Skip3DSettings, {}, {"target": "background"})
+    get_method("skip3d").check_task(task, settings)  # no anchor needed
+    views = view_task(adapter, task, settings)
+    assert views.override.min() == 1.0
 
 
 # ---- the embedded twin (assets/shapes-3d) -------------------------------------------------------------
 def test_twin_loads_through_the_same_code_and_draws_the_object_from_other_views():
-    model_id, twin = nv.load("shapes-3d")
-    assert model_id == "shapes-3d" and twin.unet.config.in_channels == 8
+    twin = load_adapter("shapes-3d", "cpu")
+    assert twin.family == "novel-view" and twin.unet.config.in_channels == 8
     objects = ["red sphere", "blue cube", "yellow cylinder", "green cone"]
     inputs = torch.cat([unit(o) for o in objects for _ in range(2)])
-    views = s3d.generate(twin, inputs, [0.0, 0.0] * 4, [90.0, -60.0] * 4, seed=0)
-    heads = nv.load_evaluator("shapes-3d").head_logits(views)
+    views = s3d.generate(twin.pipe, inputs, [0.0, 0.0] * 4, [90.0, -60.0] * 4, seed=0)
+    heads = twin.evaluator.head_logits(views)
     shapes = torch.tensor([r3d.SHAPES.index(o.split()[1]) for o in objects for _ in range(2)])
     colours = torch.tensor([list(r3d.COLOURS).index(o.split()[0]) for o in objects for _ in range(2)])
     assert (heads["shape"].argmax(1) == shapes).float().mean() >= 0.6
     assert (heads["colour"].argmax(1) == colours).float().mean() >= 0.8
+    # what the comparison asks the evaluator: a shape word by the shape head, an object by both heads
+    truth = twin.ground_truth("blue pyramid", 75.0, [0.0, 90.0, 180.0])
+    assert twin.recognises(["pyramid"] * 3, truth).all() and twin.recognises(["blue pyramid"] * 3, truth).all()
+    assert not twin.recognises(["red pyramid"] * 3, truth).any() and not twin.recognises(["cube"] * 3, truth).any()
+    assert twin.recognises(["/some/image.png"], truth[:1]) is None  # an image: nothing known to look for
 
 
-def test_skip3d_on_the_twin_moves_forget_views_towards_the_override_and_keeps_remain_views():
+@pytest.fixture(scope="module")
+def twin_run(tmp_path_factory):
+    """The twin-tuned skip3d run of the issue's command line (seed 0), one seed of 8 views per input."""
+    from unlearning.cli import main
+
+    out = tmp_path_factory.mktemp("z123-runs") / "skip3d-run"
+    code = main(["run", "--model", "shapes-3d", "--method", "skip3d", "--forget", "blue pyramid", "--anchor", "blue cube",
+                 "--preserve", "red sphere,green cylinder", "--forget-samples", "8", "--retain-samples", "8", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_the_cli_run_writes_a_full_run_folder_with_view_metrics(twin_run):
+    assert {"run.json", "metrics.json", "edit.safetensors", "loss.json", "images"} <= {p.name for p in twin_run.iterdir()}
+    for name in ("forget_grid.png", "retain_grid.png", "index.json", "inputs/blue_cube.png"):
+        assert (twin_run / "images" / name).is_file(), name
+    with Image.open(twin_run / "images" / "retain_grid.png") as grid:  # 2 remain objects x (original, unlearned) rows
+        assert grid.width > grid.height  # 9 tiles wide (input view + 8 views), 4 tiles high
+    card = json.loads((twin_run / "run.json").read_text())
+    assert card["method"]["name"] == "skip3d" and card["task"]["anchor"] == "blue cube" and card["model"]["family"] == "novel-view"
+    assert card["comparison"]["azimuths"] == [float(a) for a in range(0, 360, 45)] and card["settings"]["lr_gen"] == 2e-4
+    assert "--anchor 'blue cube'" in card["reproduce"] and "--preserve 'red sphere,green cylinder'" in card["reproduce"]
+    m = json.loads((twin_run / "metrics.json").read_text())
+    assert m["forget_rate"]["n"] == 8 and m["retain_accuracy"]["n"] == 16 and 0 <= m["forget_rate"]["unlearned"] <= 1
+    assert set(m["retain_accuracy"]["per_class"]["unlearned"]) == {"red sphere", "green cylinder"}  # shape and colour judged
+    assert m["timings"]["method"]["unet_evals"] > 0 and m["timings"]["unlearn_s"] > 0
+    assert m["lpips"].get("unavailable") or "value" in m["lpips"]
+
+
+def test_skip3d_on_the_twin_moves_forget_views_towards_the_override_and_keeps_remain_views(twin_run):
     """The twin-tuned run (seed 0): forget views' SSIM to the override's ground-truth renders goes up, remain
     views stay within 0.06 SSIM of the original model's (measured: 0.316 -> 0.368, remain -0.03 / -0.02)."""
-    result = nv.run("shapes-3d", forget="blue pyramid", override="blue cube", remain=["red sphere", "green cylinder"],
-                    compare_plain=False, sampling_skips=())
-    ssim = {(m["views"], m["model"], m["against"].split()[0]): m["ssim"] for m in result["metrics"]}
+    rows = json.loads((twin_run / "metrics.json").read_text())["ground_truth"]["rows"]
+    ssim = {(m["views"], m["model"], m["against"].split()[0]): m["ssim"] for m in rows}
     assert ssim[("forget", "unlearned", "override")] > ssim[("forget", "original", "override")] + 0.02
     for r in ("remain 1", "remain 2"):
         assert ssim[(r, "unlearned", "own")] > ssim[(r, "original", "own")] - 0.06
-    assert result["timings"]["unet_evals_skipping"] > 0 and result["loss_log"]
+    assert json.loads((twin_run / "loss.json").read_text())
 
 
-def test_tab_helpers_map_tiles_to_pairs_and_plot_only_readable_curves():
+def test_the_runs_tab_reopens_the_run_and_it_exports_in_zero123s_layout(twin_run):
+    from unlearning.export import export_diffusers
+    from unlearning.runner import load_run
+    from unlearning.ui import runs as ui_runs
     from unlearning.ui import zero123 as uz
 
-    state = {"view_azimuths": [0.0, 90.0], "grids": {"forget": {"original": ["o0", "o1"], "unlearned": ["u0", "u1"]},
-                                                      "remain 1": {"original": ["r0", "r1"], "unlearned": ["s0", "s1"]}}}
-    assert uz.tile_pair(state, 0) is None  # the input-view column
-    assert uz.tile_pair(state, 2) == ("o1", "u1")
-    assert uz.tile_pair(state, 3 + 1) == ("o0", "u0")  # the forget's unlearned row: same pair
-    assert uz.tile_pair(state, 6 + 2) == ("r1", "s1")
+    rows, names = ui_runs.runs_table(twin_run.parent)
+    assert names == ["skip3d-run"] and rows[0][3] == "skip3d" and "→" in rows[0][5]
+    text, forget, retain, metrics = ui_runs.run_view("skip3d-run", twin_run.parent)
+    assert "skip3d" in text and forget.endswith("forget_grid.png") and retain.endswith("retain_grid.png")
+    assert any("override (blue cube): SSIM" in r[0] for r in metrics)
+    view = uz.run_view(twin_run)
+    assert len(view["gallery"]) == 3 * 2 * 9 and view["slider"] is not None  # 3 inputs x 2 rows x (input + 8 views)
+    run, edit = load_run(twin_run)
+    out = export_diffusers(run.adapter, edit, twin_run.parent / "exported")
+    reloaded = Zero123.from_pretrained(out)
+    edited = edit.apply_to_copy(run.adapter.unet)
+    assert all(torch.equal(p, q) for p, q in zip(reloaded.unet.parameters(), edited.parameters(), strict=True))
+    assert resolve(str(out))[2] == "novel-view" and (out / "evaluator").is_dir()
+
+
+def test_tab_helpers_map_tiles_to_pairs_and_plot_only_readable_curves(tmp_path):
+    from unlearning.ui import unlearn as ui
+    from unlearning.ui import zero123 as uz
+
+    files = {}
+    for name in ("o0", "o1", "u0", "u1", "r0", "r1", "s0", "s1"):
+        files[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (4, 4), (len(name) * 20, 0, 0)).save(files[name])
+    rows = [{"azimuths": [0.0, 90.0], "original": [files["o0"], files["o1"]], "unlearned": [files["u0"], files["u1"]]},
+            {"azimuths": [0.0, 90.0], "original": [files["r0"], files["r1"]], "unlearned": [files["s0"], files["s1"]]}]
+    same = [(np.asarray(a).tolist(), np.asarray(b).tolist()) for a, b in [uz.tile_pair(rows, 2), uz.tile_pair(rows, 3 + 2)]]
+    assert uz.tile_pair(rows, 0) is None  # the input-view column
+    assert same[0] == same[1]  # the forget's original row and unlearned row: the same pair
+    assert uz.tile_pair(rows, 6 + 2) is not None and uz.tile_pair(rows, 99) is None
     log = [{"step": 1, "loss": -1e4, "fake_loss": 0.3, "forget_gap": 0.5}, {"step": 2, "loss": -2e4, "fake_loss": 0.2, "forget_gap": float("nan")}]
-    frame = uz.loss_frame({"loss_log": log})
-    assert len(frame) == 3 and frame["value"].dtype == float and frame["value"].abs().max() < 1  # no surrogate loss
-    assert len(uz.loss_frame(None)) == 0
+    frame = ui.loss_frame(log)
+    assert len(frame) == 3 and frame["loss"].dtype == float and frame["loss"].abs().max() < 1  # no surrogate loss

@@ -8,7 +8,9 @@
     python -m unlearning bench scaling [--counts 1,2,4,8,16] [--methods scapre,uce,esd]
     python -m unlearning bench vdu [--model digits] [--forget 3] [--methods vdu,ga,esd,salun] [--checkpoints 2,3,5] [--iterations 5,10]
     python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
+    python -m unlearning run --model shapes-3d --method skip3d --forget "blue pyramid" --anchor "blue cube" --preserve "red sphere,green cylinder" --out DIR
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
+                                 (the same run with the speedup over the run without skipping and the sampling table)
     python -m unlearning methods [--model digits]
     python -m unlearning models
 
@@ -42,7 +44,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .run_folder import check_writable
-    from .runner import RunRequest, prepare, run_to_folder
+    from .runner import RunRequest
 
     check_writable(Path(args.out))  # before loading anything
     request = RunRequest(
@@ -50,23 +52,33 @@ def cmd_run(args: argparse.Namespace) -> int:
         preserve=args.preserve.split(",") if args.preserve else None, settings=_parse_sets(args.set),
         seed=args.seed, device=args.device, forget_samples=args.forget_samples, retain_samples=args.retain_samples,
         num_inference_steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
+        input_polar=args.input_polar, sampling_skips=_ints(args.sampling_skips, "--sampling-skips") or None,
     )
+    metrics = _run_and_report(request, Path(args.out))
+    summary = {k: metrics.get(k) for k in ("forget_rate", "retain_accuracy", "pul", "override_rate", "timings") if k in metrics}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _run_and_report(request, out: Path | None) -> dict:
+    """prepare + execute with progress on stderr; the final metrics."""
+    from .runner import execute, prepare, run_to_folder
+
     run = prepare(request)
     print(f"{run.spec.label} on {run.model_id} ({run.adapter.device}, {str(run.adapter.dtype).replace('torch.', '')}): "
           f"forget {', '.join(run.task.forget)}", file=sys.stderr)
-    last_pct = -1
-    for event in run_to_folder(run, Path(args.out)):
+    last_pct, metrics = -1, {}
+    for event in (run_to_folder(run, out) if out is not None else execute(run, out_dir=None)):
         if event.kind == "train":
             pct = 100 * event.step.step // event.step.total
             if pct // 10 != last_pct // 10 or event.step.step == event.step.total:
                 print(f"  step {event.step.step}/{event.step.total}  loss {event.step.loss:.4f}", file=sys.stderr)
                 last_pct = pct
         elif event.kind == "done":
-            m = event.state.metrics
-            summary = {k: m.get(k) for k in ("forget_rate", "retain_accuracy", "pul", "timings")}
-            print(json.dumps(summary, indent=2, default=str))
-            print(f"run written to {event.folder}", file=sys.stderr)
-    return 0
+            metrics = event.state.metrics
+            if event.folder is not None:
+                print(f"run written to {event.folder}", file=sys.stderr)
+    return metrics
 
 
 def cmd_relearn(args: argparse.Namespace) -> int:
@@ -198,34 +210,57 @@ def cmd_bench_vdu(args: argparse.Namespace) -> int:
 
 
 def cmd_zero123(args: argparse.Namespace) -> int:
-    """Novel-view unlearning (skip3d) with the speedup measured in the same run; tables to stdout."""
-    from . import novel_view as nv
+    """``run --method skip3d`` on a novel-view model with the speedup over the run without skipping (same seed, same
+    process) and the sampling table at skip 0 / 8 / 12 / 16; tables to stdout, the run folder to --out."""
     from .run_folder import check_writable
+    from .runner import RunRequest
 
-    if args.out:
-        check_writable(Path(args.out))
-    settings = _parse_sets(args.set)
-    remain = [r.strip() for r in args.remain.split(",") if r.strip()]
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_writable(out)
+    if args.save_model and out is None:
+        from .errors import InputError
 
-    def progress(stage: str, frac: float) -> None:
-        print(f"  {stage} {100 * frac:.0f}%", file=sys.stderr)
+        raise InputError("--save-model writes into the run folder: give --out too.")
+    request = RunRequest(
+        model=args.model, method="skip3d", forget=[args.forget], anchor=args.override,
+        preserve=[r.strip() for r in args.remain.split(",") if r.strip()],
+        settings={"measure_speedup": not args.no_plain, **_parse_sets(args.set)}, seed=args.seed, input_polar=args.polar,
+        forget_samples=8, retain_samples=8, sampling_skips=[0, 8, 12, 16],  # one seed: every input seen from 8 azimuths
+    )
+    m = _run_and_report(request, out)
+    print(format_view_tables(m))
+    if args.save_model:
+        from .export import export_diffusers
+        from .runner import load_run
 
-    result = nv.run(args.model, forget=args.forget, override=args.override, remain=remain, settings=settings,
-                    input_polar=args.polar, seed=args.seed, compare_plain=not args.no_plain, on_progress=progress)
-    print("views | model | compared with | SSIM | PSNR | LPIPS | evaluator shape share")
-    for row in nv.summary_rows(result):
-        print(" | ".join(map(str, row)))
-    print("\nskip | s/view | speedup | paper | SSIM | PSNR | evaluator-FID")
-    for r in result["sampling"]:
-        print(f"{r['skip']} | {r['seconds_per_view']:.4f} | {r['speedup']:.2f}x | {r['paper_speedup'] or '-'} | "
-              f"{r.get('ssim', float('nan')):.3f} | {r.get('psnr', float('nan')):.2f} | {r.get('evaluator_fid', float('nan')):.2f}")
-    t = result["timings"]
-    print(f"\nunlearning: {t['unlearn_s_skipping']:.1f} s with skipping" + (
-        f", {t['unlearn_s_plain']:.1f} s without: {t['speedup']:.2f}x (paper {t.get('paper_speedup') or '-'})" if "speedup" in t else ""))
-    if args.out:
-        nv.write_result(result, Path(args.out), save_model=args.save_model)
-        print(f"wrote {args.out}", file=sys.stderr)
+        run, edit = load_run(out)
+        export_diffusers(run.adapter, edit, out / "model")
+        print(f"unlearned model (Zero123 layout) written to {out / 'model'}", file=sys.stderr)
     return 0
+
+
+def format_view_tables(m: dict) -> str:
+    """A novel-view run's metrics as text: views vs ground truth, the sampling table, the unlearning timings."""
+    def f(v, digits=3):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    lines = ["views | object | model | compared with | SSIM | PSNR | LPIPS | evaluator shape share"]
+    for r in m.get("ground_truth", {}).get("rows", []):
+        lines.append(" | ".join([r["views"], r["object"], r["model"], r["against"], f(r["ssim"]), f(r["psnr"], 2),
+                                 f(r["lpips"]) if r["lpips"] is not None else "unavailable", f(r["shape_rate"], 2)]))
+    if m.get("sampling"):
+        lines += ["", "skip | s/view | speedup | paper | SSIM | PSNR | evaluator-FID"]
+        for r in m["sampling"]:
+            lines.append(f"{r['skip']} | {r['seconds_per_view']:.4f} | {f(r['speedup'], 2)}x | {r['paper_speedup'] or '-'} | "
+                         f"{f(r.get('ssim'))} | {f(r.get('psnr'), 2)} | {f(r.get('evaluator_fid'), 2)}")
+    t = m.get("timings", {}).get("method", {})
+    if t:
+        line = f"unlearning: {t['unlearn_s']:.1f} s" + (" with skipping" if "speedup" in t else "")
+        if "speedup" in t:
+            line += (f", {t['plain_unlearn_s']:.1f} s without: {t['speedup']:.2f}x (paper {t.get('paper_speedup') or '-'})")
+        lines += ["", line]
+    return "\n".join(lines)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -276,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     run.add_argument("--guidance-scale", type=float, default=None)
     run.add_argument("--sampler", default="ddim", help="ddim (default) or dpm-solver, for the comparison images")
+    run.add_argument("--input-polar", type=float, default=None,
+                     help="novel-view models: polar angle of the input views in degrees (90 = level; default 75)")
+    run.add_argument("--sampling-skips", default="", metavar="0,8,12,16",
+                     help="novel-view models: also time sampling with timestep skipping at these skips on the unlearned model")
     run.set_defaults(func=cmd_run)
     relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure")
     relearn.add_argument("--run", required=True, help="run folder written by 'run --out' (run.json + edit.safetensors)")
@@ -315,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="classifier: override a method setting (KEY=VALUE); vdu: METHOD.KEY=VALUE, METHOD one of vdu, ga, esd, salun")
     bench.add_argument("--no-torchunlearn", action="store_true", help="classifier: skip the torchunlearn row")
     bench.set_defaults(func=cmd_bench)
-    z123 = sub.add_parser("zero123", help="novel-view unlearning (skip3d): forget object -> override object, with timings")
+    z123 = sub.add_parser("zero123", help="novel-view unlearning (skip3d): forget object -> override object, with the speedup "
+                          "measured in the same run ('run --method skip3d' with timings)")
     z123.add_argument("--model", default="shapes-3d", help="shapes-3d, a hub id (kxic/zero123-xl) or a local Zero123 folder")
     z123.add_argument("--forget", default="blue pyramid", help="twin object ('<colour> <shape>') or an image file")
     z123.add_argument("--override", default="blue cube", help="twin object or image file drawn instead of the forget object")
@@ -324,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     z123.add_argument("--seed", type=int, default=0)
     z123.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a skip3d setting")
     z123.add_argument("--no-plain", action="store_true", help="skip the run without timestep skipping (no speedup measured)")
-    z123.add_argument("--out", default=None, help="folder for result.json and views.png")
+    z123.add_argument("--out", default=None, help="run folder to write (run.json, metrics.json, edit.safetensors, images/)")
     z123.add_argument("--save-model", action="store_true", help="also write the unlearned model (Zero123 layout) into --out/model")
     z123.set_defaults(func=cmd_zero123)
     methods = sub.add_parser("methods", help="list methods and their settings")

@@ -13,7 +13,8 @@ Every file and folder is written atomically (``unlearning.atomic``).
 ``export_diffusers`` writes a complete diffusers folder of the unlearned model (the base components
 with the edited UNet, ``save_pretrained``, safetensors only). For Stable Diffusion the folder loads
 with ``StableDiffusionPipeline.from_pretrained``; for the class-conditional family with this
-package's adapter. The folder is built beside the destination and renamed into place, so a reader
+package's adapter; for the novel-view family in Zero123's layout (``unlearning.models.zero123.Zero123.from_pretrained``,
+the layout of ``kxic/zero123-xl``). The folder is built beside the destination and renamed into place, so a reader
 never sees half an export; an existing non-empty destination is refused, never overwritten.
 """
 
@@ -55,6 +56,8 @@ def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Pat
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             )
             pipe.save_pretrained(tmp, safe_serialization=True)
+        elif adapter.family == "novel-view":  # Zero123's own layout (the real checkpoints'), loads with Zero123.from_pretrained
+            adapter.with_unet(edited).write_components(tmp, extra_index={"_unlearning_edit": edit.method})
         else:
             source = Path(adapter.source)
             for item in source.iterdir():

@@ -138,3 +138,47 @@ def load_upload(source: str | Path | bytes | Image.Image | None, limits=None) ->
 
 def _side(pixels: int) -> int:
     return int(pixels**0.5)
+
+
+# ---- staged uploads (input views of novel-view runs) -------------------------------------------------------
+
+UPLOADS_DIR = ".uploads"  # under the profile's runs folder; retention and the Runs tab skip '.'-names
+UPLOAD_KEEP_S = 24 * 3600.0  # staged uploads older than this are deleted when another is staged
+
+
+def uploads_dir() -> Path:
+    from .hosting.profile import get_profile
+
+    return Path(get_profile().runs.dir) / UPLOADS_DIR
+
+
+def stage_upload(source: str | Path | bytes | Image.Image | None) -> tuple[Path, list[str]]:
+    """A user's upload, checked by :func:`load_upload`, saved as a PNG under a fresh random name in the uploads
+    folder, so a run can name it as a concept (a hosted profile reads no other file) and its run card can record
+    it. Returns (the staged file, notes on what was changed). Older staged files are deleted on the way."""
+    import time
+    import uuid
+
+    from .atomic import atomic_file
+
+    image, notes = load_upload(source)
+    folder = uploads_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in folder.glob("*.png"):
+        if now - old.stat().st_mtime > UPLOAD_KEEP_S:
+            old.unlink(missing_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.png"
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path, notes
+
+
+def is_staged_upload(path: str | Path) -> bool:
+    """Whether ``path`` names a file :func:`stage_upload` wrote (a regular PNG directly in the uploads folder)."""
+    try:
+        p = Path(path)
+        return (p.suffix == ".png" and p.resolve().parent == uploads_dir().resolve()  # the text decides first
+                and not p.is_symlink() and p.is_file())
+    except (OSError, ValueError):
+        return False

@@ -4,7 +4,9 @@
     metrics.json      the metrics table's numbers
     edit.safetensors  the changed parameters only (see unlearning.edit)
     loss.json         the loss log
-    images/           forget_grid.png, retain_grid.png, original/*.png, unlearned/*.png
+    images/           forget_grid.png, retain_grid.png, original/*.png, unlearned/*.png; for a novel-view model the
+                      grids are multi-view (per input and seed: the input view, then its views around the object;
+                      original row above unlearned row) and inputs/*.png holds the input views
 
 A folder is built beside its destination and renamed into place, so a reader never sees half a run.
 
@@ -22,6 +24,7 @@ import datetime as _dt
 import hashlib
 import json
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +33,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from .atomic import atomic_dir, zip_dir
@@ -37,6 +41,7 @@ from .compare import ComparisonState
 from .edit import Edit
 from .errors import InputError
 from .images import pair_grid, to_pil
+from .models.novel_view import concept_label
 
 RUN_FILES = ("run.json", "metrics.json", "edit.safetensors", "loss.json", "images")
 SHARED_MARK = "shared"  # an empty file: the run's owner shared it with every visitor of a hosted instance
@@ -118,15 +123,31 @@ def run_card(run, edit: Edit, state: ComparisonState, owner: str | None = None) 
             "guidance_scale": run.plan.guidance_scale,
             "sampler": "DDIM, eta = 0, initial noise drawn on CPU per seed",
             "seeds": run.plan.seeds,
+            **({"input_polar": run.plan.input_polar, "azimuths": sorted(set(run.plan.azimuths))} if run.plan.azimuths else {}),
         },
         "edit": edit.summary(),
         "timings": state.metrics.get("timings", {}),
         "versions": versions(),
-        "reproduce": "python -m unlearning run --model {m} --method {me} --forget {f} --seed {s} {sets}".format(
-            m=run.request.model, me=run.spec.name, f=",".join(run.task.forget), s=run.task.seed,
-            sets=" ".join(f"--set {k}={v}" for k, v in dataclasses.asdict(run.settings).items()),
-        ),
+        "reproduce": reproduce_command(run),
     }
+
+
+def reproduce_command(run) -> str:
+    """The CLI line that repeats a run (``run`` is a PreparedRun): its concepts, seed, every setting."""
+    task, request = run.task, run.request
+    parts = ["python -m unlearning run", f"--model {shlex.quote(str(request.model))}", f"--method {run.spec.name}",
+             f"--forget {shlex.quote(','.join(task.forget))}"]
+    if task.anchor is not None:
+        parts.append(f"--anchor {shlex.quote(task.anchor)}")
+    if request.preserve:
+        parts.append(f"--preserve {shlex.quote(','.join(task.retain))}")
+    if task.input_polar is not None:
+        parts.append(f"--input-polar {task.input_polar:g}")
+    if request.sampling_skips:
+        parts.append(f"--sampling-skips {','.join(map(str, request.sampling_skips))}")
+    parts.append(f"--seed {task.seed}")
+    parts += [f"--set {shlex.quote(f'{k}={v}')}" for k, v in dataclasses.asdict(run.settings).items()]
+    return " ".join(parts)
 
 
 def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState, owner: str | None = None) -> Path:
@@ -143,12 +164,36 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState, owner: 
             if grid is not None:
                 images.mkdir(exist_ok=True)
                 grid.save(images / f"{group}_grid.png")
-        for which in ("original", "unlearned"):
-            (images / which).mkdir(parents=True, exist_ok=True)
-            for i, (group, prompt, seed) in enumerate(run.plan.items):
-                safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in prompt)[:60]
-                to_pil(getattr(state, which)[i]).save(images / which / f"{i:03d}_{group}_{safe}_seed{seed}.png")
+        index = []  # what each image pair is: images/index.json
+        for i, (group, prompt, seed) in enumerate(run.plan.items):
+            view = f"_az{run.plan.azimuths[i]:03.0f}" if run.plan.azimuths else ""
+            name = f"{i:03d}_{group}_{_safe(prompt)}_seed{seed}{view}.png"
+            entry = {"group": group, "prompt": prompt, "target": run.plan.target(i), "seed": seed, "file": name}
+            if run.plan.azimuths:
+                entry["azimuth"] = run.plan.azimuths[i]
+            index.append(entry)
+            for which in ("original", "unlearned"):
+                (images / which).mkdir(parents=True, exist_ok=True)
+                to_pil(getattr(state, which)[i]).save(images / which / name)
+        if run.plan.azimuths:
+            (images / "inputs").mkdir()
+            inputs = {}
+            for concept in dict.fromkeys([*run.task.forget, *run.task.retain, *filter(None, [run.task.anchor])]):
+                inputs[concept] = f"inputs/{_safe(concept_label(concept))}.png"
+                to_pil(input_view(run, concept)).save(images / inputs[concept])
+            for entry in index:
+                entry["input"] = inputs[entry["prompt"]]  # a view plan's prompt is its input concept
+        (images / "index.json").write_text(json.dumps(index, indent=1) + "\n")
     return out
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)[:60]
+
+
+def input_view(run, concept: str):
+    """A novel-view run's input view of a concept, (3, H, W) in [0, 1]."""
+    return run.adapter.input_view(concept, run.task.input_polar)[0][0]
 
 
 def group_grid(run, state: ComparisonState, group: str) -> Image.Image | None:
@@ -160,6 +205,8 @@ def group_grid(run, state: ComparisonState, group: str) -> Image.Image | None:
     idx = state.indices(group)
     if not idx:
         return None
+    if run.plan.azimuths:
+        return view_grid(run, state, idx)
     if group != "retain":
         order, columns = idx, min(8, len(idx))
     else:
@@ -168,6 +215,23 @@ def group_grid(run, state: ComparisonState, group: str) -> Image.Image | None:
                                            run.task.retain.index(plan.target(i))))
         columns = len(run.task.retain)
     return pair_grid([state.original[i] for i in order], [state.unlearned[i] for i in order], columns)
+
+
+def view_grid(run, state: ComparisonState, idx: list[int]) -> Image.Image:
+    """A multi-view grid of a view plan's items ``idx``: per (input, seed) a block whose first column is the input
+    view and the others its views around the object, original row above unlearned row."""
+    blocks: dict[tuple[str, int], list[int]] = {}
+    for i in idx:
+        blocks.setdefault((run.plan.items[i][1], run.plan.items[i][2]), []).append(i)
+    columns = 1 + max(len(b) for b in blocks.values())
+    original, unlearned = [], []
+    for (concept, _), items in blocks.items():
+        pad = [torch.ones_like(state.original[items[0]])] * (columns - 1 - len(items))  # a block still being generated
+        inputs = state.extra.setdefault("input_views", {})
+        inp = inputs[concept] = inputs[concept] if concept in inputs else input_view(run, concept)
+        original += [inp, *(state.original[i] for i in items), *pad]
+        unlearned += [inp, *(state.unlearned[i] for i in items), *pad]
+    return pair_grid(original, unlearned, columns)
 
 
 def zip_run(folder: Path) -> Path:

@@ -52,6 +52,8 @@ class RunRequest:
     guidance_scale: float | None = None
     sampler: str = "ddim"  # "ddim" or "dpm-solver" (diffusers' DDIMScheduler / DPMSolverMultistepScheduler)
     prompts: list[str] | None = None  # extra prompts of the user's, compared side by side (not scored)
+    input_polar: float | None = None  # novel-view models: polar angle of the input views (degrees, 90 = level; None: 75)
+    sampling_skips: list[int] | None = None  # novel-view models: also time sampling at these skips, e.g. [0, 8, 12, 16]
 
 
 @dataclass
@@ -149,6 +151,14 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
                          f"maps a concept to another: {', '.join(anchor_methods())}.")
 
     settings = spec.settings(model_id, request.settings)
+    views = adapter.comparison_azimuths() is not None  # a novel-view model: concepts are input views
+    if not views and (request.input_polar is not None or request.sampling_skips):
+        raise InputError("an input polar angle and sampling skips are for novel-view (Zero123) models; this is a "
+                         f"{adapter.family} model.")
+    input_polar = adapter.check_polar(request.input_polar) if views else None
+    skips = sorted({int(k) for k in request.sampling_skips or []})
+    if skips and not (skips[0] >= 0 and skips[-1] < (request.num_inference_steps or adapter.sampling.num_inference_steps)):
+        raise InputError(f"sampling skips must be between 0 and the sampling steps minus 1; got {', '.join(map(str, skips))}.")
     iterations = getattr(settings, "iterations", None)
     if iterations is not None and iterations > limits.max_iterations:
         raise InputError(f"iterations = {iterations} is more than this instance allows ({limits.max_iterations}).")
@@ -165,10 +175,13 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
         raise InputError(f"unknown sampler '{request.sampler}'; choose one of {', '.join(SAMPLERS)}.")
     if request.forget_samples < 1 or request.retain_samples < 1:
         raise InputError("the number of comparison samples must be at least 1.")
-    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed), anchors=anchors)
+    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed), anchors=anchors, input_polar=input_polar)
+    if spec.check_task is not None:
+        spec.check_task(task, settings)
     plan = plan_comparison(adapter, task, forget_samples=request.forget_samples, retain_samples=request.retain_samples,
                            seed=int(request.seed), num_inference_steps=steps, guidance_scale=request.guidance_scale,
-                           sampler=request.sampler, prompts=prompts)
+                           sampler=request.sampler, prompts=prompts, sampling_skips=skips,
+                           skip_refs=getattr(settings, "n_ref", 4))
     if len(plan.items) > limits.max_samples:
         raise InputError(f"this run would generate {len(plan.items)} comparison pairs; this instance allows {limits.max_samples}.")
     return PreparedRun(request, model_id, adapter, spec, settings, task, plan)
@@ -212,7 +225,7 @@ def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Eve
         yield RunEvent("edit", edit=edit, loss_log=loss_log)
         edited = edit.apply_to_copy(run.adapter.unet)
         state = None
-        for state in iter_comparison(run.adapter, edited, run.plan, run.task, edit.timings.get("unlearn_s")):
+        for state in iter_comparison(run.adapter, edited, run.plan, run.task, edit.timings.get("unlearn_s"), edit.timings):
             if cancel.is_set():
                 raise UnlearningError("the run was cancelled.")
             yield RunEvent("compare", state=state, edit=edit, loss_log=loss_log)

@@ -33,6 +33,7 @@ class UnlearnTask:
     anchor: str | None = None  # concept every forget concept is mapped to (None: the null condition)
     seed: int = 0
     anchors: dict[str, str] = field(default_factory=dict)  # per-concept anchors ("star -> circle"), over `anchor`
+    input_polar: float | None = None  # novel-view models: the input views' polar angle in degrees (None elsewhere)
 
     def anchor_of(self, concept: str) -> str | None:
         return self.anchors.get(concept, self.anchor)

@@ -45,6 +45,14 @@ same method without the acceleration (the baseline the speedup is measured again
 
 Guidance: trajectories use classifier-free guidance (scale ``guidance``, the unconditional branch
 zeroes token and concat latent, as Zero123 does); S_t and S_f are evaluated conditionally (our choice).
+The skipping sampler itself (plans, trajectories with join points) is the family's: it lives in
+``unlearning.models.view_sampling``; this file decides which trajectories to run and what to learn from them.
+
+In the registry's terms: the forget concept is the forget object (one per run), the anchor is the override
+and the preserved concepts are the remain objects (``unlearning.models.novel_view``: object names or image
+files). :func:`unlearn` returns an :class:`~unlearning.edit.Edit` of the generator's changed weights; with
+``measure_speedup`` the same run without skipping (same seed) is timed too and its numbers join the Edit's
+timings.
 """
 
 from __future__ import annotations
@@ -55,13 +63,16 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from diffusers import DDIMScheduler
 
+from ..edit import Edit
 from ..errors import CancelledError, DivergedError, InputError
-from ..models.zero123 import Condition, Zero123, pose_vector, wrap_degrees
-from .base import RunContext, setting
+from ..models.novel_view import BLANK, NovelViewAdapter
+from ..models.view_sampling import azimuth_grid, plan_skipping, run_trajectories
+from ..models.zero123 import Condition, pose_vector
+from .base import RunContext, UnlearnTask, setting
+
+PAPER_SPEEDUP = {12: 1.22, 16: 1.32}  # the paper's unlearning wall-clock speedup at 4 references, by skip (of 32)
 
 
 @dataclass
@@ -76,6 +87,9 @@ class Skip3DSettings:
     steps: int = setting(32, "DDIM steps of a trajectory (paper 32)", low=2, high=1000)
     guidance: float = setting(3.0, "classifier-free guidance scale of the trajectories (Zero123 default 3.0)", low=1.0, high=30.0)
     skipping: bool = setting(True, "dynamic timestep skipping on (off: every view runs its full trajectory)")
+    measure_speedup: bool = setting(False, "also run the same method without skipping on the same seed and report the measured "
+                                    "speedup (about doubles the time; the Edit is the skipping run's)",
+                                    label="also run without skipping (measures the speedup)")
     n_ref: int = setting(4, "number of reference azimuths N_ref (paper: 3, 4 or 8)", low=1, high=36)
     skip: int = setting(12, "steps skipped by non-reference views (paper tables: 8, 12 or 16 of 32)", low=0)
     dynamic: bool = setting(False, "near/far rule: skip_near within tau of a reference, skip_far otherwise (off: always `skip`)")
@@ -99,15 +113,10 @@ class Skip3DSettings:
                                  "a view cannot skip its whole trajectory.")
         if self.t_min >= self.t_max:
             raise InputError(f"setting 't_min' ({self.t_min}) must be below 't_max' ({self.t_max}).")
-        n_views = len(training_azimuths(self.azimuth_step))
+        n_views = len(azimuth_grid(self.azimuth_step))
         if self.n_ref > n_views:
             raise InputError(f"n_ref ({self.n_ref}) is more than the number of training views ({n_views} azimuths every "
                              f"{self.azimuth_step:g} degrees); lower n_ref or azimuth_step.")
-
-
-# Values tuned on the shapes-3d twin (the paper's are for a 1 B-parameter model at 256 px).
-# Measured there (seed 0): lr_gen 5e-4 (4 epochs, 30-degree grid) wrecked every view; 3e-5 / 1e-4 barely moved the forget views.
-TUNED = {"shapes-3d": {"lr_fake": 1e-3, "lr_gen": 2e-4, "mu": 1.0, "epochs": 4, "azimuth_step": 45.0}}
 
 
 @dataclass
@@ -121,133 +130,30 @@ class ViewTask:
     seed: int = 0
 
 
-def training_azimuths(step: float) -> list[float]:
-    return [float(a) for a in np.arange(0.0, 360.0 - 1e-9, step)]
+def check_task(task: UnlearnTask, settings: Skip3DSettings) -> None:
+    """One forget object per run, and an override unless the forget views are erased to the background."""
+    if len(task.forget) != 1:
+        raise InputError(f"skip3d forgets one object per run; got {len(task.forget)} ({', '.join(task.forget)}).")
+    if settings.target == "override" and task.anchor_of(task.forget[0]) is None:
+        raise InputError("skip3d needs an override object (the anchor) drawn instead of the forgotten one, e.g. 'blue cube'; "
+                         "or set target=background to erase the forget views to a blank background.")
+    if task.anchor_of(task.forget[0]) in task.retain:
+        raise InputError("the override is also a remain object; pick another override or remove it from the remain set.")
 
 
-def reference_azimuths(n_ref: int) -> list[float]:
-    return [360.0 * i / n_ref for i in range(n_ref)]
-
-
-def angular_distance(a: float, b: float) -> float:
-    return abs(float(wrap_degrees(a - b)))
-
-
-# ---- trajectories with and without skipping ---------------------------------------------------------
-@dataclass
-class SkipPlan:
-    """Which views are references, and for the others the jump step and blend of two references."""
-
-    references: list[int]  # view indices
-    jump: dict[int, int]  # view -> steps skipped (0 for references)
-    blend: dict[int, tuple[int, int, float, float]]  # view -> (ref a, ref b, w_a, w_b) as reference positions
-
-
-def plan_skipping(azimuths: list[float], tokens: torch.Tensor | None, *, n_ref: int, skip: int, dynamic: bool = False,
-                  skip_near: int = 16, skip_far: int = 8, tau: float = 20.0) -> SkipPlan:
-    """Algorithm 1's bookkeeping. References are the views nearest to n_ref azimuths evenly spaced from 0;
-    each other view blends the two references whose tokens (its conditioning embeddings) are most
-    cosine-similar, weights proportional to the similarities (clamped at 0; equal if both are 0)."""
-    if n_ref > len(azimuths):
-        raise InputError(f"{n_ref} references for {len(azimuths)} views: the number of references must not exceed the views.")
-    refs: list[int] = []
-    for target in reference_azimuths(n_ref):
-        best = min((i for i in range(len(azimuths)) if i not in refs), key=lambda i: angular_distance(azimuths[i], target))
-        refs.append(best)
-    plan = SkipPlan(references=refs, jump={r: 0 for r in refs}, blend={})
-    flat = tokens.reshape(len(azimuths), -1).float() if tokens is not None else None
-    for v in range(len(azimuths)):
-        if v in refs:
-            continue
-        if flat is not None:
-            sims = torch.nn.functional.cosine_similarity(flat[v][None], flat[refs], dim=-1)
-        else:  # no tokens: similarity from the angle
-            sims = torch.tensor([math.cos(math.radians(angular_distance(azimuths[v], azimuths[r]))) for r in refs])
-        order = torch.argsort(sims, descending=True)[:2].tolist()
-        a, b = (order + order)[:2]
-        wa, wb = max(float(sims[a]), 0.0), max(float(sims[b]), 0.0) if b != a else 0.0
-        if wa + wb == 0:
-            wa, wb = 1.0, (1.0 if b != a else 0.0)
-        total = wa + wb
-        plan.blend[v] = (a, b, wa / total, wb / total)
-        near = min(angular_distance(azimuths[v], azimuths[r]) for r in refs) <= tau
-        plan.jump[v] = (skip_near if near else skip_far) if dynamic else skip
-    return plan
-
-
-def _scheduler(model: Zero123, steps: int) -> DDIMScheduler:
-    sched = DDIMScheduler.from_config(model.scheduler.config)
-    sched.set_timesteps(steps)
-    return sched
-
-
-@torch.no_grad()
-def run_trajectories(model: Zero123, unet, cond: Condition, *, steps: int, guidance: float, noise: torch.Tensor,
-                     plan: SkipPlan | None, stop_before_last: bool = False, ctx: RunContext | None = None,
-                     history: bool = False) -> tuple[torch.Tensor, dict]:
-    """Latents of every view (rows of ``cond``): after the last DDIM step, or (``stop_before_last``) the latent
-    the last step starts from. Without a plan every view runs all ``steps``; with one, references run all
-    steps and the others start from a blend of two references' latents at their jump step (the references'
-    trajectory is the cache: a view joining at step j reads the references' latents after j steps).
-    Returns (latents, {"unet_evals": number of view-steps computed}); with ``history`` the info also holds
-    "latents" (end, n, C, h, w), the latent each step started from, and "valid" (end, n), False for the steps a
-    view skipped. ``noise`` (1, C, h, w) is shared."""
-    sched = _scheduler(model, steps)
-    timesteps = sched.timesteps
-    end = steps - 1 if stop_before_last else steps
-    n = len(cond)
-    out = torch.empty((n, *noise.shape[1:]), dtype=noise.dtype, device=noise.device)
-    evals = 0
-
-    if plan is None:
-        joins: dict[int, list[int]] = {0: list(range(n))}
-    else:
-        joins = {0: list(plan.references)}
-        for v, j in plan.jump.items():
-            if v not in plan.references:
-                joins.setdefault(min(j, end), []).append(v)
-    # One batch that grows: references (or, without a plan, every view) start from the shared noise; a view
-    # with jump j joins at step j from the blend of two references' latents after j steps. Views that have
-    # joined are denoised together, so skipping saves UNet work without adding sequential calls.
-    active: list[int] = []
-    x = noise[:0]
-    hist = torch.zeros((end, n, *noise.shape[1:]), dtype=noise.dtype, device=noise.device) if history else None
-    valid = torch.zeros((end, n), dtype=torch.bool)
-    for k in range(end):
-        if k in joins:
-            if k == 0:
-                new = noise.expand(len(joins[0]), -1, -1, -1).clone()
-            else:
-                pos = {v: i for i, v in enumerate(active)}
-                new = torch.stack([plan.blend[v][2] * x[pos[plan.references[plan.blend[v][0]]]]
-                                   + plan.blend[v][3] * x[pos[plan.references[plan.blend[v][1]]]] for v in joins[k]])
-            active += joins[k]
-            x = torch.cat([x, new])
-        if ctx is not None and ctx.cancel.is_set():
-            raise CancelledError("the run was cancelled; the base model is unchanged.")
-        if hist is not None:
-            hist[k, active] = x
-            valid[k, active] = True
-        x = sched.step(model.eps(unet, x, timesteps[k], cond.index(active), guidance), timesteps[k], x).prev_sample
-        evals += len(x)
-    late = [v for j, vs in joins.items() if j >= end for v in vs]  # jumps past the end: the blend itself
-    if late:
-        pos = {v: i for i, v in enumerate(active)}
-        x = torch.cat([x, torch.stack([plan.blend[v][2] * x[pos[plan.references[plan.blend[v][0]]]]
-                                       + plan.blend[v][3] * x[pos[plan.references[plan.blend[v][1]]]] for v in late])])
-        active += late
-    out[active] = x
-    if hist is not None:
-        return out, {"unet_evals": evals, "latents": hist, "valid": valid}
-    return out, {"unet_evals": evals}
-
-
-def x0_prediction(model: Zero123, unet, x: torch.Tensor, t, cond: Condition) -> torch.Tensor:
-    """D(x_t; c) = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), conditional (no guidance)."""
-    a = model.scheduler.alphas_cumprod.to(x.device)[torch.as_tensor(t, device=x.device).long()].float()
-    a = a.reshape(-1, *[1] * (x.dim() - 1)) if a.dim() else a
-    eps = unet(torch.cat([x, cond.latent], 1), t, encoder_hidden_states=cond.token).sample
-    return (x - (1 - a).sqrt() * eps) / a.sqrt()
+def view_task(adapter: NovelViewAdapter, task: UnlearnTask, settings: Skip3DSettings) -> ViewTask:
+    """The input views of a task: forget, override (blank for target 'background'), remain, at the task's polar."""
+    polar = adapter.check_polar(task.input_polar)
+    override = BLANK if settings.target == "background" else task.anchor_of(task.forget[0])
+    forget, over = (adapter.input_view(c, polar)[0] for c in (task.forget[0], override))
+    if torch.equal(forget, over):
+        raise InputError("the override is the same as the forget object: pick a different override (e.g. a cube for a pyramid).")
+    remain = [adapter.input_view(c, polar)[0] for c in task.retain]
+    if not remain:
+        raise InputError("the remain set is empty: pick at least one object whose views must stay as they were.")
+    if any(torch.equal(forget, r) for r in remain):
+        raise InputError("the forget object is also in the remain set; remove it from one of them.")
+    return ViewTask(forget, over, remain, input_polar=polar, seed=task.seed)
 
 
 # ---- the unlearning run ----------------------------------------------------------------------------
@@ -267,25 +173,25 @@ def _sanitise_and_clip(params, max_norm: float) -> float:
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
-def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx: RunContext | None = None) -> Skip3DResult:
-    """Run the method; returns the unlearned UNet (a float32 copy) with the loss log and timings."""
+def unlearn_views(adapter: NovelViewAdapter, task: ViewTask, settings: Skip3DSettings, ctx: RunContext | None = None) -> Skip3DResult:
+    """Run the method on prepared input views; returns the unlearned UNet (a float32 copy) with the loss log and timings."""
     ctx = ctx or RunContext()
     s = settings
     started = time.perf_counter()
-    device = model.device
+    device = adapter.device
     g = torch.Generator().manual_seed(task.seed)
-    teacher = model.unet
+    teacher = adapter.unet
     gen = copy.deepcopy(teacher).float().train().requires_grad_(True)
     fake = copy.deepcopy(teacher).float().train().requires_grad_(True)
     opt_g = torch.optim.Adam(gen.parameters(), lr=s.lr_gen, betas=(s.beta1, 0.999), eps=1e-8)
     opt_f = torch.optim.Adam(fake.parameters(), lr=s.lr_fake, betas=(s.beta1, 0.999), eps=1e-8)
 
-    azimuths = training_azimuths(s.azimuth_step)
+    azimuths = azimuth_grid(s.azimuth_step)
     inputs = [task.forget, *task.remain]
-    embeds, latents = model.encode_images(torch.cat([*inputs, task.override]))
+    embeds, latents = adapter.encode_images(torch.cat([*inputs, task.override]))
     pose = pose_vector(0.0, azimuths)
-    conds = [model.condition(embeds[i : i + 1], latents[i : i + 1], pose) for i in range(len(inputs))]
-    override = model.condition(embeds[-1:], latents[-1:], pose)
+    conds = [adapter.condition(embeds[i : i + 1], latents[i : i + 1], pose) for i in range(len(inputs))]
+    override = adapter.condition(embeds[-1:], latents[-1:], pose)
     # rows: input-major (forget views first), the same azimuth order for every input
     cond_all = Condition.cat(conds)
     teacher_cond = Condition.cat([override, *conds[1:]])
@@ -294,10 +200,10 @@ def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx:
     weight = torch.where(is_forget, torch.tensor(s.mu), torch.tensor(s.lam)).to(device)
     plans = [plan_skipping(azimuths, c.token, n_ref=s.n_ref, skip=s.skip, dynamic=s.dynamic, skip_near=s.skip_near,
                            skip_far=s.skip_far, tau=s.tau) for c in conds] if s.skipping else None
-    noise = torch.randn((1, *model.latent_shape), generator=g).to(device)
-    sched = _scheduler(model, s.steps)
+    noise = torch.randn((1, *adapter.latent_shape), generator=g).to(device)
+    sched = adapter.ddim_scheduler(s.steps)
     t_last = sched.timesteps[-1]
-    alphas = model.scheduler.alphas_cumprod.to(device).float()
+    alphas = adapter.pipe.scheduler.alphas_cumprod.to(device).float()
 
     log: list[dict] = []
     traj_s = 0.0
@@ -310,13 +216,24 @@ def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx:
         gen.eval()
         parts, hists, valids = [], [], []
         for i, c in enumerate(conds):
-            lat, info = run_trajectories(model, gen, c, steps=s.steps, guidance=s.guidance, noise=noise,
-                                         plan=plans[i] if plans else None, stop_before_last=True, ctx=ctx,
-                                         history=s.generator == "trajectory")
+            # the "trajectory" generator keeps the latent every step starts from (skipped steps stay invalid)
+            hist = torch.zeros((s.steps - 1, len(c), *noise.shape[1:]), dtype=noise.dtype, device=noise.device) \
+                if s.generator == "trajectory" else None
+            valid = torch.zeros((s.steps - 1, len(c)), dtype=torch.bool)
+
+            def on_step(k: int, active: list[int], x: torch.Tensor, hist=hist, valid=valid) -> None:
+                if ctx.cancel.is_set():
+                    raise CancelledError("the run was cancelled; the base model is unchanged.")
+                if hist is not None:
+                    hist[k, active] = x
+                    valid[k, active] = True
+
+            lat, info = run_trajectories(adapter, gen, c, steps=s.steps, guidance=s.guidance, noise=noise,
+                                         plan=plans[i] if plans else None, stop_before_last=True, on_step=on_step)
             parts.append(lat)
-            if s.generator == "trajectory":
-                hists.append(info["latents"])
-                valids.append(info["valid"])
+            if hist is not None:
+                hists.append(hist)
+                valids.append(valid)
             evals += info["unet_evals"]
         x_before_last = torch.cat(parts)
         if hists:
@@ -332,7 +249,7 @@ def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx:
                 x_start, t_vec = hist[ks, idx], sched.timesteps[ks].to(device)
             else:
                 x_start, t_vec = x_before_last[idx], torch.full((len(idx),), int(t_last), device=device)
-            x_g = x0_prediction(model, gen, x_start, t_vec, c)  # with gradients into G
+            x_g = adapter.x0_prediction(gen, x_start, t_vec, c)  # with gradients into G
             t = torch.randint(s.t_min, s.t_max, (len(idx),), generator=g).to(device)
             eps = torch.randn(x_g.shape, generator=g).to(device)
             a = alphas[t].reshape(-1, 1, 1, 1)
@@ -347,8 +264,9 @@ def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx:
             # (b) generator, S_f fixed; gradients reach G through x_g only
             x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
             with torch.no_grad():
-                y_real = x0_prediction(model, teacher, x_t.detach().to(teacher.dtype), t, Condition(ct.token.to(teacher.dtype), ct.latent.to(teacher.dtype))).float()
-                y_fake = x0_prediction(model, fake, x_t.detach(), t, c)
+                y_real = adapter.x0_prediction(teacher, x_t.detach().to(teacher.dtype), t,
+                                               Condition(ct.token.to(teacher.dtype), ct.latent.to(teacher.dtype))).float()
+                y_fake = adapter.x0_prediction(fake, x_t.detach(), t, c)
                 scale = (x_g.detach() - y_real).abs().flatten(1).mean(1).clamp_min(1e-5)
             per = ((y_real - y_fake) * (y_fake - x_g)).flatten(1).sum(1) / scale
             loss_g = (per * w).sum() / len(idx)
@@ -364,7 +282,7 @@ def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx:
             entry = {"step": step, "epoch": epoch + 1, "loss": float(loss_g.item()), "fake_loss": float(loss_f.item()),
                      "grad_norm": gnorm, "forget_gap": forget_gap}
             log.append(entry)
-            ctx.report(step, total, entry["loss"], fake_loss=entry["fake_loss"])
+            ctx.report(step, total, entry["loss"], fake_loss=entry["fake_loss"], forget_gap=forget_gap)
     gen.eval().requires_grad_(False)
     for p in gen.parameters():
         if not torch.isfinite(p).all():
@@ -374,21 +292,22 @@ def unlearn_views(model: Zero123, task: ViewTask, settings: Skip3DSettings, ctx:
     return Skip3DResult(unet=gen, log=log, timings=timings, settings=dataclasses.asdict(s))
 
 
-def sample_views(model: Zero123, unet, image01: torch.Tensor, azimuths: list[float], *, delta_polar: float = 0.0, steps: int = 32,
-                 guidance: float = 3.0, seed: int = 0, skip: int = 0, n_ref: int = 4, dynamic: bool = False, skip_near: int = 16,
-                 skip_far: int = 8, tau: float = 20.0) -> tuple[torch.Tensor, dict]:
-    """Views of one input at the given azimuth deltas (images in [0, 1]), optionally with skipping
-    (skip = 0 and not dynamic: every view runs all steps). One shared initial noise per ``seed``."""
-    embeds, latents = model.encode_images(image01)
-    cond = model.condition(embeds, latents, pose_vector(delta_polar, azimuths))
-    noise = torch.randn((1, *model.latent_shape), generator=torch.Generator().manual_seed(seed)).to(model.device, model.dtype)
-    plan = None
-    if skip > 0 or dynamic:
-        plan = plan_skipping(azimuths, cond.token, n_ref=min(n_ref, len(azimuths)), skip=skip, dynamic=dynamic,
-                             skip_near=skip_near, skip_far=skip_far, tau=tau)
-    t0 = time.perf_counter()
-    lat, info = run_trajectories(model, unet, Condition(cond.token.to(model.dtype), cond.latent.to(model.dtype)), steps=steps,
-                                 guidance=guidance, noise=noise, plan=plan)
-    images = model.decode(lat)
-    info["seconds"] = time.perf_counter() - t0
-    return images, info
+def unlearn(adapter: NovelViewAdapter, task: UnlearnTask, settings: Skip3DSettings, ctx: RunContext | None = None) -> Edit:
+    """The registry's entry: skip3d on the task's input views; an Edit of the generator's changed weights.
+
+    Timings: ``unlearn_s`` / ``trajectory_s`` / ``unet_evals`` of the run (with skipping when on); with
+    ``measure_speedup``, the same for the run without skipping (``plain_*``, same seed, same process) and
+    ``speedup`` = plain / skipping wall-clock beside the paper's at this skip."""
+    ctx = ctx or RunContext()
+    check_task(task, settings)
+    views = view_task(adapter, task, settings)
+    result = unlearn_views(adapter, views, settings, ctx)
+    timings = dict(result.timings)
+    if settings.measure_speedup and settings.skipping:
+        plain = unlearn_views(adapter, views, dataclasses.replace(settings, skipping=False), ctx).timings
+        timings.update({f"plain_{k}": v for k, v in plain.items() if k != "views_per_epoch"},
+                       speedup=plain["unlearn_s"] / timings["unlearn_s"],
+                       paper_speedup=PAPER_SPEEDUP.get(settings.skip) if settings.n_ref == 4 and not settings.dynamic else None)
+    return Edit.from_trained(adapter.unet, result.unet, [n for n, _ in result.unet.named_parameters()], method="skip3d",
+                             settings=result.settings, loss_log=result.log, timings=timings,
+                             base={"source": adapter.source, "family": adapter.family})

@@ -50,7 +50,8 @@ class SamplingDefaults:
 
 
 # Sampling defaults of a family where they differ from the class defaults: (steps, guidance).
-FAMILY_SAMPLING = {"stable-diffusion": (50, 7.5)}  # StableDiffusionPipeline's own
+FAMILY_SAMPLING = {"stable-diffusion": (50, 7.5),  # StableDiffusionPipeline's own
+                   "novel-view": (32, 3.0)}  # Zero123's 32 DDIM steps and guidance 3.0 (skip3d's paper)
 
 
 def vocabulary_words(vocabulary: dict[str, list[str]]) -> list[str]:
@@ -130,6 +131,10 @@ class FamilyAdapter(ABC):
         """(len(positions), D) float32 rows of the condition of ``text`` (None: the null condition)."""
         cond = self.null_condition(1) if text is None else self.encode([text])
         return cond[0, list(positions)].float()
+
+    def comparison_azimuths(self) -> list[float] | None:
+        """Novel-view families: the delta azimuths each input view is compared at (a view plan); None for the others."""
+        return None
 
     def reference_images(self, targets: Sequence[str], n_per: int | None = None, seed: int = 0) -> torch.Tensor | None:
         """Real images of the targets in [0, 1] (for evaluator-FID), or None where the family ships none."""

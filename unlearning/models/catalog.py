@@ -1,8 +1,9 @@
-"""Known model sources and the adapter cache.
+"""Known model sources of every family and the adapter cache.
 
 A model source is one of: the id of an embedded twin shipped in ``assets/`` (``digits``,
-``shapes-sd``), a local folder in diffusers' layout, or a Hugging Face hub id (loaded from the local
-cache, or downloaded where the hub is reachable). Each source is loaded once per (device, dtype) and
+``shapes-sd``, ``shapes-3d``), a local folder in diffusers' layout (Zero123's own layout for the
+novel-view family), or a Hugging Face hub id (loaded from the local cache, or downloaded where the
+hub is reachable). Each source is loaded once per (device, dtype) and
 cached; the cached adapter's base weights are never modified.
 """
 
@@ -54,6 +55,15 @@ CATALOG: dict[str, ModelEntry] = {
             description="A tiny Stable Diffusion (the real pipeline classes: CLIP text encoder, VAE, UNet) trained here on "
             "captioned shapes (32x32). Concepts: shapes (star, circle, ...), colours (red, blue, ...) or any prompt. Runs on any CPU.",
         ),
+        ModelEntry(
+            id="shapes-3d",
+            label="shapes-3d (embedded Zero123, novel views)",
+            family="novel-view",
+            path=ASSETS / "shapes-3d",
+            description="A tiny Zero123 (the real layout: CLIP image encoder, VAE, 8-channel UNet, CCProjection) trained here on "
+            "rendered 3D objects (32x32). Concepts are input views: objects such as 'blue pyramid' (ground-truth renders exist "
+            "at every pose) or uploaded images. Runs on any CPU.",
+        ),
     ]
 }
 
@@ -62,34 +72,41 @@ HUB_MODELS = {
     "CompVis/stable-diffusion-v1-4": "stable-diffusion",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "stable-diffusion",
     "stabilityai/stable-diffusion-2-1-base": "stable-diffusion",
+    "kxic/zero123-165000": "novel-view",
+    "kxic/zero123-xl": "novel-view",
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 FAMILY_LOADERS = {
     "class-conditional": "unlearning.models.class_cond:ClassConditionalAdapter",
     "stable-diffusion": "unlearning.models.sd:StableDiffusionAdapter",
+    "novel-view": "unlearning.models.novel_view:NovelViewAdapter",
 }
-FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True}
+FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True, "novel-view": True}
 # What a family's comparison takes beside its concepts: "prompts" (the user's own prompts, shown beside the scored
 # grids), "sampler" (a choice of diffusers scheduler), "guidance" (a classifier-free guidance scale). The run refuses
-# what its family does not take; the app shows only these controls for a model of the family.
+# what its family does not take; the app shows only these controls for a model of the family. A novel-view run has
+# input views and camera poses instead (its own tab): DDIM and Zero123's guidance are fixed.
 FAMILY_OPTIONS: dict[str, frozenset[str]] = {
     "class-conditional": frozenset({"sampler", "guidance"}),
     "stable-diffusion": frozenset({"sampler", "guidance", "prompts"}),
+    "novel-view": frozenset(),
 }
-PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion"}
+# model_index.json's _class_name (the real checkpoints') or _unlearning_family (written here) -> family
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion", "Zero1to3StableDiffusionPipeline": "novel-view",
+                     "zero123": "novel-view"}
 
 
 def family_of_index(meta: dict, where: str) -> str:
-    family = meta.get("_unlearning_family") or PIPELINE_FAMILIES.get(meta.get("_class_name", ""))
+    family = meta.get("_unlearning_family") or meta.get("_class_name", "")
+    family = PIPELINE_FAMILIES.get(family, family)
+    if family not in FAMILY_LOADERS and "cc_projection" in meta:  # a Zero123 layout under another pipeline name
+        family = "novel-view"
     if family in FAMILY_LOADERS:
         return family
-    if "cc_projection" in meta:
-        raise InputError(f"'{where}' is a Zero123 (novel-view) model: use the Zero123 tab, or "
-                         f"`python -m unlearning zero123 --model {where}`.")
     raise InputError(
         f"'{where}' holds a {meta.get('_class_name', 'unknown')} model, which this version cannot load; "
-        f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x, or a folder of the same layout."
+        f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x, Zero123 / Zero123-XL, or a folder of the same layout."
     )
 
 
@@ -225,6 +242,10 @@ def concept_choices(model: str) -> list[str]:
         model_id, path, family = resolve(model)
     except InputError:
         return []
+    if family == "novel-view":  # input views: the renderer's objects (or uploaded images), for any Zero123
+        from ..datasets.render3d import all_objects
+
+        return [o.name for o in all_objects()]
     if not isinstance(path, Path):
         return []  # a hub model: open vocabulary
     if family == "class-conditional":

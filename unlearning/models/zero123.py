@@ -123,22 +123,26 @@ class Zero123:
     def save_pretrained(self, out: str | Path, extra_index: dict | None = None) -> None:
         """Write the real checkpoints' layout atomically (a temp folder renamed into place, replacing ``out``)."""
         with atomic_dir(out, replace=True) as tmp:
-            for name in ("vae", "image_encoder", "unet", "cc_projection"):
-                getattr(self, name).save_pretrained(tmp / name, safe_serialization=True)
-            self.feature_extractor.save_pretrained(tmp / "feature_extractor")
-            self.scheduler.save_pretrained(tmp / "scheduler")
-            index = {
-                "_class_name": PIPELINE_CLASS,
-                "_unlearning_family": "zero123",
-                "vae": ["diffusers", "AutoencoderKL"],
-                "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-                "feature_extractor": ["transformers", "CLIPImageProcessor"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "scheduler": ["diffusers", "DDIMScheduler"],
-                "cc_projection": ["pipeline_zero1to3", "CCProjection"],
-                **(extra_index or {}),
-            }
-            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+            self.write_components(tmp, extra_index)
+
+    def write_components(self, folder: Path, extra_index: dict | None = None) -> None:
+        """The components and model_index.json into an existing (temporary) folder; safetensors only."""
+        for name in ("vae", "image_encoder", "unet", "cc_projection"):
+            getattr(self, name).save_pretrained(folder / name, safe_serialization=True)
+        self.feature_extractor.save_pretrained(folder / "feature_extractor")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "_unlearning_family": "zero123",
+            "vae": ["diffusers", "AutoencoderKL"],
+            "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+            "feature_extractor": ["transformers", "CLIPImageProcessor"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "cc_projection": ["pipeline_zero1to3", "CCProjection"],
+            **(extra_index or {}),
+        }
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     # ---- properties ----
     @property

@@ -33,6 +33,11 @@ def metrics_rows(m: dict) -> list[list[str]]:
         if ra:
             rows.append(["retain accuracy ↑ (95% CI)", _rate(ra, "original"), _rate(ra, "unlearned"),
                          "share of retained-concept samples classified correctly", str(ra["n"]), "evaluator CNN"])
+    ov = m.get("override_rate")
+    if ov:
+        rows.append(["override rate ↑ (95% CI)", _rate(ov, "original"), _rate(ov, "unlearned"),
+                     "share of forget views the evaluator draws with the override's shape", str(ov["n"]), "evaluator CNN"])
+    rows += _ground_truth_rows(m.get("ground_truth"))
     for key, label, fmt in (("ssim", "SSIM ↑", "{:.3f}"), ("psnr", "PSNR (dB) ↑", "{:.2f}"), ("lpips", "LPIPS ↓", "{:.3f}")):
         entry = m.get(key)
         if not entry:
@@ -62,4 +67,37 @@ def metrics_rows(m: dict) -> list[list[str]]:
     if per:
         rows.append(["sampling (s / image)", _num(per.get("original"), "{:.4f}"), _num(per.get("unlearned"), "{:.4f}"),
                      "DDIM sampling, same seeds and steps", str(t.get("images", "")), "time.perf_counter"])
+    method = t.get("method", {})
+    if "speedup" in method:
+        paper = f"; paper {method['paper_speedup']:.2f}x" if method.get("paper_speedup") else ""
+        rows.append(["unlearning speedup (skipping)", f"{method['plain_unlearn_s']:.1f} s", f"{method['unlearn_s']:.1f} s",
+                     f"the same method without / with timestep skipping, same seed: {method['speedup']:.2f}x{paper}", "",
+                     "time.perf_counter"])
+    for r in m.get("sampling", []):
+        paper = f"; paper {r['paper_speedup']:.2f}x" if r.get("paper_speedup") else ""
+        quality = f"; SSIM {r['ssim']:.3f}, PSNR {r['psnr']:.2f} vs ground truth" if "ssim" in r else ""
+        rows.append([f"sampling, skip {r['skip']} (s / view)", "", f"{r['seconds_per_view']:.4f}",
+                     f"unlearned model: {_num(r.get('speedup'), '{:.2f}')}x over skip 0{paper}{quality}", str(r["unet_evals"]),
+                     "time.perf_counter"])
+    return rows
+
+
+def _ground_truth_rows(gt: dict | None) -> list[list[str]]:
+    """Novel-view runs: one row per (views, compared with, metric), original and unlearned side by side."""
+    if not gt:
+        return []
+    pairs: dict[tuple[str, str], dict] = {}
+    for r in gt["rows"]:
+        pairs.setdefault((f"{r['views']} ({r['object']})", r["against"]), {})[r["model"]] = r
+    rows = []
+    for (views, against), by_model in pairs.items():
+        for key, label, fmt in (("ssim", "SSIM ↑", "{:.3f}"), ("psnr", "PSNR (dB) ↑", "{:.2f}"), ("lpips", "LPIPS ↓", "{:.3f}"),
+                                ("shape_rate", "evaluator: shape share", "{:.2f}")):
+            cells = [_num(by_model[w].get(key), fmt) if w in by_model else "" for w in ("original", "unlearned")]
+            if key in ("lpips", "shape_rate") and not any(cells):  # LPIPS unavailable (its own row says why); no evaluator
+                continue
+            n = next(iter(by_model.values()))["n"]
+            rows.append([f"{views} vs {against}: {label}", *cells, "views vs ground-truth renders at the same poses"
+                         if not against.startswith("original") else "unlearned vs original views (an image has no ground truth)",
+                         str(n), "evaluator CNN" if key == "shape_rate" else "lpips (AlexNet)" if key == "lpips" else "torchmetrics"])
     return rows

@@ -20,7 +20,7 @@ from ..atomic import zip_dir
 from ..errors import UnlearningError
 from ..hosting.profile import get_profile
 from ..images import side_by_side
-from ..methods import METHODS, get_method
+from ..methods import METHODS, get_method, methods_for  # noqa: F401 (the app uses METHODS)
 from ..methods.base import settings_fields
 from ..models.catalog import (  # noqa: F401 (the app uses concept_choices and sampling_defaults)
     CATALOG,
@@ -55,22 +55,27 @@ LOSS_EMPTY = pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series
 
 # ---- choices --------------------------------------------------------------------------------------
 
-def model_choices() -> list[tuple[str, str]]:
+TAB_FAMILIES = ("class-conditional", "stable-diffusion")  # what this tab offers; novel-view models have the Zero123 tab
+
+
+def model_choices(families: tuple[str, ...] = TAB_FAMILIES) -> list[tuple[str, str]]:
     """Embedded twins, then real checkpoints with their availability: the profile's hub ids, or (where the
-    profile allows any model) the known ones."""
+    profile allows any model) the known ones; those of ``families`` (a profile's own hub ids are all listed)."""
     allowed = get_profile().models
-    out = [(e.label, e.id) for e in CATALOG.values() if not allowed or e.id in allowed]
-    hub = [m for m in allowed if m not in CATALOG] if allowed else list(HUB_MODELS)
+    out = [(e.label, e.id) for e in CATALOG.values() if (not allowed or e.id in allowed) and e.family in families]
+    hub = [m for m in allowed if m not in CATALOG and HUB_MODELS.get(m, families[0]) in families] if allowed \
+        else [m for m, family in HUB_MODELS.items() if family in families]
     for repo in hub:
         ok, _ = hub_availability(repo)
         out.append((f"{repo} ({'GPU recommended' if ok else 'not available offline'})", repo))
     return out
 
 
-def method_choices(family: str | None = None) -> list[tuple[str, str]]:
-    """(label, name) of the methods this instance offers; with ``family``, only those that support it."""
+def method_choices(family: str | None = None, families: tuple[str, ...] = TAB_FAMILIES) -> list[tuple[str, str]]:
+    """(label, name) of the methods this instance offers for the tab's ``families``; with ``family``, only those
+    that support it."""
     allowed = get_profile().methods
-    return [(s.label, s.name) for s in METHODS.values()
+    return [(s.label, s.name) for s in methods_for(families)
             if (allowed is None or s.name in allowed) and (family is None or family in s.families)]
 
 
@@ -111,10 +116,10 @@ class SettingControl:
         return family is None or not self.families or family in self.families
 
 
-def setting_controls(model_id: str) -> list[SettingControl]:
-    """Controls for every method's settings, built from the settings dataclasses."""
+def setting_controls(model_id: str, families: tuple[str, ...] = TAB_FAMILIES) -> list[SettingControl]:
+    """Controls for the settings of every method of ``families``, built from the settings dataclasses."""
     out = []
-    for spec in METHODS.values():
+    for spec in methods_for(families):
         fields = {f.name: f for f in settings_fields(spec.settings_cls)}
         for row in spec.describe(model_id):
             f = fields[row["name"]]
@@ -157,6 +162,19 @@ def anchor_info() -> str:
             f"{', '.join(labels)})")
 
 
+def setting_component(c: SettingControl, family: str | None = None):
+    """The Gradio component of one generated control (call inside a Blocks layout); hidden when the setting means
+    nothing for a model of ``family``."""
+    import gradio as gr
+
+    shown = c.applies_to(family)
+    if c.kind == "choice":
+        return gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info, visible=shown)
+    if c.kind == "bool":
+        return gr.Checkbox(value=c.value, label=c.label, info=c.info, visible=shown)
+    return gr.Number(value=c.value, label=c.label, info=c.info, visible=shown, precision=0 if c.kind == "int" else None)
+
+
 # ---- the run ------------------------------------------------------------------------------------
 
 @dataclass
@@ -174,12 +192,19 @@ class Outputs:
     extras: dict = field(default_factory=dict)
 
 
+LOSS_SERIES = {"forget_loss": "forget loss", "retain_loss": "retain loss", "remap_loss": "remap loss", "relabel_loss": "relabel loss",
+               "stability": "stability", "fake_loss": "fake-score loss", "forget_gap": "forget gap (teacher's override view vs G)"}
+
+
 def loss_frame(loss_log: list[dict]) -> pd.DataFrame:
+    """The loss curve and the method's other logged series. skip3d logs a fake-score loss: its generator loss is a
+    gradient carrier whose scale means nothing, so its curves are the fake-score loss and the forget gap instead."""
     if len(loss_log) <= 1:  # a closed-form edit has no curve: its residuals are in the status line
         return LOSS_EMPTY
-    rows = [{"step": e["step"], "loss": e["loss"], "series": "loss"} for e in loss_log]
-    for key in ("forget_loss", "retain_loss", "remap_loss", "relabel_loss", "stability"):
-        rows += [{"step": e["step"], "loss": e[key], "series": key.replace("_", " ")} for e in loss_log if key in e]
+    surrogate = any("fake_loss" in e for e in loss_log)
+    rows = [] if surrogate else [{"step": e["step"], "loss": e["loss"], "series": "loss"} for e in loss_log]
+    for key, name in LOSS_SERIES.items():
+        rows += [{"step": e["step"], "loss": e[key], "series": name} for e in loss_log if key in e and math.isfinite(e[key])]
     return pd.DataFrame(rows) if rows else LOSS_EMPTY
 
 
@@ -285,12 +310,6 @@ def pair_images(state) -> dict:
     }
 
 
-def settings_from_controls(method: str, controls: list[SettingControl], values: list[Any]) -> dict[str, Any]:
-    """The selected method's settings from the generated controls' values."""
-    return {c.name: v for c, v in zip(controls, values, strict=True) if c.method == method}
-
-
-
 def export_model(run_folder: str | None) -> tuple[str | None, str]:
     """Write the last run's unlearned model as a full diffusers folder inside its run folder; return
     (a zip of it for small models, a status line)."""
@@ -309,7 +328,9 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     except UnlearningError as exc:
         return None, f"**Could not export:** {exc}"
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    loader = "StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists() else "this app (as a local folder)"
+    loader = ("StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists()
+              else "unlearning.models.zero123.Zero123.from_pretrained or this app" if (out / "cc_projection").exists()
+              else "this app (as a local folder)")
     if size > 200e6:
         return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}."
     archive = zip_dir(out, out.with_suffix(".zip"))
