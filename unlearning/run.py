@@ -22,7 +22,7 @@ from .compare import ComparisonPlan, ComparisonState, iter_comparison, plan_comp
 from .config import HostProfile, get_profile
 from .edit import Edit
 from .errors import InputError, UnlearningError
-from .methods import MethodSpec, get_method
+from .methods import METHODS, MethodSpec, get_method
 from .methods.base import RunContext, StepReport, UnlearnTask
 from .models.base import SAMPLERS, FamilyAdapter
 from .models.catalog import load_adapter, resolve
@@ -135,7 +135,8 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
         if anchor in forget:
             raise InputError(f"the anchor '{anchor}' is also being forgotten; pick another anchor.")
     if anchors and not spec.uses_anchor:
-        raise InputError(f"{spec.label} does not use anchors; remove the '->' part or pick ESD, UCE, ScaPre or fine-tuning.")
+        with_anchors = ", ".join(m.name for m in METHODS.values() if m.uses_anchor)
+        raise InputError(f"{spec.label} does not use anchors; remove the '->' part or pick one that does ({with_anchors}).")
 
     settings = spec.settings(model_id, request.settings)
     iterations = getattr(settings, "iterations", None)

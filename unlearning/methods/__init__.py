@@ -2,7 +2,9 @@
 
 The CLI, the UI and the hosted profile all read allowed names from here, so they cannot disagree.
 ``tuned`` holds settings tuned for a given embedded twin (model id -> values); every other model
-starts from the dataclass defaults, which are the paper's values.
+starts from the dataclass defaults, which are the paper's values. ``sampling_rule`` is set for a method that
+changes how a model is sampled rather than its weights (SLD): the family adapter's sampling loop builds the
+rule from the Edit's ``sampling`` dict through it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from . import esd, finetune, gradient_ascent, resalign, salun, scapre, uce, vdu
+from . import ca, esd, finetune, fmn, gradient_ascent, mace, rece, resalign, salun, scapre, sld, speed, uce, vdu
 from .base import build_settings, settings_fields
 
 
@@ -27,6 +29,7 @@ class MethodSpec:
     families: tuple[str, ...] = ("class-conditional", "stable-diffusion")
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
     uses_anchor: bool = False
+    sampling_rule: Callable | None = None  # (adapter, unet, cond, spec) -> rule(step, x_t, t, w) -> eps; None: weights only
 
     def defaults(self, model_id: str | None = None) -> dict[str, Any]:
         """The values a run starts from: the paper's, with the twin's tuned values over them."""
@@ -147,6 +150,66 @@ METHODS: dict[str, MethodSpec] = {
             uses_anchor=True,
             # tuned on a held-out split (bench/tune_scapre.py: concept order seed 1; the scaling bench uses seed 0)
             tuned={"shapes-sd": {"preserve_scale": 0.4}},
+        ),
+        MethodSpec(
+            name="speed",
+            label="SPEED (null-space closed form)",
+            summary="One closed-form step per cross-attention value projection, confined to the null space of the retained "
+            "concepts' embeddings (refined by influence filtering and directed augmentation) and keeping the empty prompt fixed. "
+            "No data, no training; built to erase many concepts at once.",
+            citation="Li et al., SPEED: Scalable, Precise, and Efficient Concept Erasure for Diffusion Models, ICLR 2026",
+            settings_cls=speed.SPEEDSettings,
+            unlearn=speed.unlearn,
+            uses_anchor=True,
+        ),
+        MethodSpec(
+            name="rece",
+            label="RECE (closed form + derived adversarial embeddings)",
+            summary="Starts from a UCE edit, then repeatedly derives, in closed form, the embedding that would still make the "
+            "edited model draw the concept, and erases that too; the epoch with the lowest validation forget rate is kept.",
+            citation="Gong et al., Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models, ECCV 2024",
+            settings_cls=rece.RECESettings,
+            unlearn=rece.unlearn,
+            uses_anchor=True,
+        ),
+        MethodSpec(
+            name="mace",
+            label="MACE (closed-form refinement + LoRA per concept + fusion)",
+            summary="A UCE-style closed form on the tokens that follow each concept word, then one small LoRA per concept that "
+            "turns attention away from the concept's tokens inside the object, fused into one set of K/V weights in closed form.",
+            citation="Lu et al., MACE: Mass Concept Erasure in Diffusion Models, CVPR 2024",
+            settings_cls=mace.MACESettings,
+            unlearn=mace.unlearn,
+            uses_anchor=True,
+        ),
+        MethodSpec(
+            name="sld",
+            label="SLD (safety guidance while sampling; no weight change)",
+            summary="Changes no weights: every sampling step also predicts the noise for the concept and steers the guidance "
+            "away from it. A sampling-time guard (a plain pipeline on the same weights still draws the concept).",
+            citation="Schramowski et al., Safe Latent Diffusion: Mitigating Inappropriate Degeneration in Diffusion Models, CVPR 2023",
+            settings_cls=sld.SLDSettings,
+            unlearn=sld.unlearn,
+            sampling_rule=sld.sampling_rule,
+        ),
+        MethodSpec(
+            name="fmn",
+            label="Forget-Me-Not (attention re-steering)",
+            summary="A few dozen steps that drive the cross-attention on the concept's tokens to zero on images of the concept. "
+            "No retain term: too many steps hurt the neighbours.",
+            citation="Zhang et al., Forget-Me-Not: Learning to Forget in Text-to-Image Diffusion Models, arXiv 2303.17591",
+            settings_cls=fmn.FMNSettings,
+            unlearn=fmn.unlearn,
+        ),
+        MethodSpec(
+            name="ca",
+            label="Concept Ablation (match an anchor's distribution)",
+            summary="Fine-tunes the cross-attention K/V so the concept's prompts predict, on images of the anchor, what the "
+            "anchor's prompts predict: the concept draws the anchor (or what is left of the prompt without it).",
+            citation="Kumari et al., Ablating Concepts in Text-to-Image Diffusion Models, ICCV 2023",
+            settings_cls=ca.CASettings,
+            unlearn=ca.unlearn,
+            uses_anchor=True,
         ),
     ]
 }
