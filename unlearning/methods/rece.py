@@ -19,8 +19,8 @@ Starting point: a UCE-erased model (``start = "uce"``; the paper starts from UCE
 
 3. samples validation images of the concept, scores them with the model's evaluator and keeps the epoch with
    the lowest forget rate (the paper uses NudeNet / Q16 on a validation prompt file; here the twin's evaluator on
-   seeds no comparison uses, so the choice does not see the test images). Without an evaluator the last epoch
-   is kept, and the loss log says so.
+   seeds no comparison uses, so the choice does not see the test images). Without an evaluator (real SD with no
+   CLIP weights on disk) no validation images are made and the last epoch is kept.
 
 Every W_l is W_l^0 times one shared d_in x d_in factor F (UCE and each epoch multiply it from the right), so
 with G = sum_l W_l^0T W_l^0 the sums above are F^T G F and F^T G: the whole method runs on d_in x d_in
@@ -106,6 +106,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: RECESettings, c
     keep = adapter.null_condition(1)[0].double().cpu().T  # r = " " (the empty prompt)
     if s.preserve_retained:
         keep = torch.cat([keep, rows.preserve], dim=1)
+    judge = s.select_epoch and adapter.can_recognise()  # no evaluator: no validation images are made
     log, best, best_rate, chosen = [], f, None, s.epochs
     solve_s, validation_s = time.perf_counter() - started, 0.0
     for epoch in range(s.epochs):
@@ -114,7 +115,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: RECESettings, c
         f = f @ uce_step(e_adv, target, keep, s)  # 2.
         solve_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        rate = validation_forget_rate(adapter, task, w0, f, s.validation_samples) if s.select_epoch else None  # 3.
+        rate = validation_forget_rate(adapter, task, w0, f, s.validation_samples) if judge else None  # 3.
         validation_s += time.perf_counter() - t0
         # how far the edited model still regenerates the concept from e' (0: not at all)
         regen = float(torch.linalg.norm(f @ e_adv - target) / torch.linalg.norm(e_adv - target).clamp_min(1e-12))

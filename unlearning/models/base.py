@@ -121,6 +121,10 @@ class FamilyAdapter(ABC):
         pred = evaluator(images.to(evaluator.device)).argmax(1).cpu()
         return pred == torch.tensor([names.index(t) for t in targets])
 
+    def can_recognise(self) -> bool:
+        """Whether :meth:`recognises` can judge images here (without making any): an evaluator, or CLIP on disk."""
+        return getattr(self, "evaluator", None) is not None
+
     def token_positions(self, text: str, include_last: bool = True) -> list[int]:
         """Positions of a condition's own tokens (everything after BOS for class labels)."""
         return list(range(1, self.null_condition(1).shape[1]))

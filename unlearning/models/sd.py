@@ -43,14 +43,17 @@ def _article(word: str) -> str:
 class StableDiffusionAdapter(FamilyAdapter):
     family = "stable-diffusion"
 
-    def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32,
+                 pipe: StableDiffusionPipeline | None = None):
+        """Load the folder or hub snapshot ``path``; or, with ``pipe``, wrap components already built in memory
+        (a full-size architecture with random weights for a rehearsal; ``path`` then only names it)."""
         super().__init__(str(path), device, dtype)
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()  # the app shows its own progress; keep logs readable
         transformers_logging.disable_progress_bar()
-        pipe = StableDiffusionPipeline.from_pretrained(
+        pipe = pipe or StableDiffusionPipeline.from_pretrained(
             str(path), dtype=dtype, use_safetensors=True, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
@@ -139,10 +142,12 @@ class StableDiffusionAdapter(FamilyAdapter):
         if not texts:
             return []
         length = max(max(p) for p in positions) + 1
-        ids = self.tokenizer([t or "" for t in texts], padding="max_length", max_length=self.tokenizer.model_max_length,
+        unique = list(dict.fromkeys(t or "" for t in texts))  # e.g. the empty anchor prompt once, not per concept
+        ids = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids[:, :length].to(self.device)
-        rows = self.text_encoder(ids)[0].float()  # (B, length, D)
-        return [rows[i, list(p)] for i, p in enumerate(positions)]
+        rows = self.text_encoder(ids)[0].float()  # (U, length, D)
+        at = {t: i for i, t in enumerate(unique)}
+        return [rows[at[t or ""], list(p)] for t, p in zip(texts, positions, strict=True)]
 
     def null_condition(self, batch_size: int) -> torch.Tensor:
         if self._null is None:
@@ -213,6 +218,13 @@ class StableDiffusionAdapter(FamilyAdapter):
     # ---- recognising concepts in images --------------------------------------------------------
     def scored_by_clip(self) -> bool:
         return not self.vocabulary and (self.evaluator is None or not self.evaluator.config.heads)
+
+    def can_recognise(self) -> bool:
+        if self.evaluator is not None and self.evaluator.config.heads:
+            return True
+        from ..metrics.clip import clip_status
+
+        return self.scored_by_clip() and clip_status().available
 
     @torch.no_grad()
     def recognises(self, targets: Sequence[str], images: torch.Tensor) -> torch.Tensor | None:
