@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,20 @@ from .atomic import atomic_file
 from .errors import DivergedError, InputError
 
 SAMPLING_RULE = "unlearning_sampling_rule"  # attribute of an edited UNet copy that carries the edit's sampling rule
+_SAMPLING_RULES: dict[str, Callable] = {}  # method name -> factory(adapter, unet, cond, spec) -> rule
+
+
+def register_sampling_rule(method: str, factory: Callable) -> None:
+    """Make a sampling-time method's rule known (the method registry does this for every method that has one)."""
+    _SAMPLING_RULES[method] = factory
+
+
+def sampling_rule_factory(method: str) -> Callable:
+    """The registered factory of a sampling rule; a clear error when no method registered it."""
+    if method not in _SAMPLING_RULES:
+        raise InputError(f"this model carries a '{method}' sampling rule but no method registered it; "
+                         "import unlearning.methods first (its registry registers every sampling-time method).")
+    return _SAMPLING_RULES[method]
 
 
 @dataclass

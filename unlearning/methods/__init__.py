@@ -3,8 +3,8 @@
 The CLI, the UI and the hosted profile all read allowed names from here, so they cannot disagree.
 ``tuned`` holds settings tuned for a given embedded twin (model id -> values); every other model
 starts from the dataclass defaults, which are the paper's values. ``sampling_rule`` is set for a method that
-changes how a model is sampled rather than its weights (SLD): the family adapter's sampling loop builds the
-rule from the Edit's ``sampling`` dict through it.
+changes how a model is sampled rather than its weights (SLD): it is registered with ``unlearning.edit``, and the
+family adapter's sampling loop builds the rule from the Edit's ``sampling`` dict through it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..edit import register_sampling_rule
 from ..errors import InputError
 from . import ca, esd, finetune, fmn, gradient_ascent, mace, rece, resalign, salun, scapre, sld, speed, uce, vdu
 from .base import build_settings, settings_fields
@@ -213,6 +214,11 @@ METHODS: dict[str, MethodSpec] = {
         ),
     ]
 }
+
+
+for _spec in METHODS.values():  # the family adapters' sampling loops find sampling-time rules through the Edit module
+    if _spec.sampling_rule is not None:
+        register_sampling_rule(_spec.name, _spec.sampling_rule)
 
 
 def get_method(name: str) -> MethodSpec:

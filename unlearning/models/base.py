@@ -269,14 +269,10 @@ class FamilyAdapter(ABC):
     def sampling_rule(self, unet: UNet2DConditionModel, cond: torch.Tensor) -> Callable | None:
         """The sampling-time rule an Edit attached to ``unet`` (see ``unlearning.edit.SAMPLING_RULE``), bound to this
         call's conditions: ``rule(step_index, x_t, t, guidance_scale) -> eps``; None for a plain UNet."""
-        from ..edit import SAMPLING_RULE
+        from ..edit import SAMPLING_RULE, sampling_rule_factory
 
         spec = getattr(unet, SAMPLING_RULE, None)
-        if not spec:
-            return None
-        from ..methods import get_method
-
-        return get_method(spec["method"]).sampling_rule(self, unet, cond, spec)
+        return sampling_rule_factory(spec["method"])(self, unet, cond, spec) if spec else None
 
     def generate(
         self,

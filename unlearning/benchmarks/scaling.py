@@ -34,15 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics as M
-from .methods import get_method
-from .methods.base import RunContext, UnlearnTask
+from .. import metrics as M
+from ..methods import get_method
+from ..methods.base import RunContext, UnlearnTask
 
 DEFAULT_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_METHODS = ("speed", "mace", "rece", "uce", "scapre", "esd")
 ACCEPTABLE_FORGET_FRACTION = 0.5  # forget rate at most this share of the original's
 ACCEPTABLE_RETAIN_DROP = 0.10  # retain accuracy at most this far below the original's
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "scaling.json"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "scaling.json"
 
 
 @dataclass
@@ -97,12 +97,12 @@ def measure(adapter, unet, forget: list[str], retain: list[str], cfg: ScalingCon
 
 def run_scaling(cfg: ScalingConfig) -> Iterator[dict]:
     """Yields one row per (method, count), the original model's rows first (method "original")."""
-    from .models.catalog import load_adapter
+    from ..models.catalog import load_adapter
 
     adapter = load_adapter(cfg.model, "auto")
     order = concept_order(adapter, cfg.seed)
     if max(cfg.counts) > len(order):
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"{cfg.model} has {len(order)} colour-shape pairs; erase at most that many (got {max(cfg.counts)}).")
     kept = retained_pairs(order, 0, cfg)
