@@ -54,7 +54,7 @@ def test_paper_defaults_are_the_dataclass_defaults():
     r = METHODS["rece"].settings(None)
     assert (r.epochs, r.regular_scale, r.lam, r.preserve_scale, r.start) == (3, 0.1, 0.1, 0.1, "uce")
     m = METHODS["mace"].settings(None)
-    assert (m.lam, m.lr, m.lora_steps, m.rank, m.images_per_concept) == (1e3, 1e-5, 50, 1, 8)
+    assert (m.lam, m.lr, m.iterations, m.rank, m.images_per_concept) == (1e3, 1e-5, 50, 1, 8)
     d = METHODS["sld"].settings(None)
     from unlearning.methods.sld import PRESETS
 
@@ -176,7 +176,7 @@ def test_mace_aligns_the_tokens_around_the_concept():
 
 
 def test_mace_lora_lowers_the_attention_loss(tiny, task):
-    edit = run(tiny, task, "mace", lora_steps=30, lr=3e-2, images_per_concept=4, lam=1.0, rank=2)
+    edit = run(tiny, task, "mace", iterations=30, lr=3e-2, images_per_concept=4, lam=1.0, rank=2)
     losses = [e["loss"] for e in edit.loss_log if "concept" in e]
     assert len(losses) == 30 and mean(losses[-5:]) < 0.9 * mean(losses[:5]), losses
     assert all(".attn2.to_k." in n or ".attn2.to_v." in n for n in edit.params)

@@ -53,7 +53,7 @@ class MACESettings:
     preserve_scale: float = setting(0.0, "s: weight of the retained concepts' rows (the paper's COCO / domain caches; "
                                     "0 in the single-object config)", low=0.0)
     lora: bool = setting(True, "stage 2: train a LoRA per concept on the attention loss (off: CFR only)")
-    lora_steps: int = setting(50, "AdamW steps per concept's LoRA (paper 50; 120 for nudity)", low=1, high=10_000)
+    iterations: int = setting(50, "AdamW steps of each concept's LoRA (paper 50; 120 for nudity)", low=1, high=10_000)
     lr: float = setting(1e-5, "LoRA learning rate (paper: 1e-5 objects / nudity, 1e-4 celebrities and artists)",
                         low=0.0, low_inclusive=False)
     rank: int = setting(1, "LoRA rank", low=1, high=64)
@@ -108,7 +108,7 @@ def train_lora(adapter: FamilyAdapter, unet: torch.nn.Module, w_cfr: dict[str, t
     t_weights = t_all if s.importance_sampling else None
     log = []
     with CrossAttentionMaps(unet) as maps:
-        for step in range(s.lora_steps):
+        for step in range(s.iterations):
             i = int(torch.randint(len(x0), (1,), generator=g))  # batch 1, as the paper
             x = x0[i : i + 1].float()
             noise = torch.randn(x.shape, generator=g).to(x)
@@ -122,7 +122,7 @@ def train_lora(adapter: FamilyAdapter, unet: torch.nn.Module, w_cfr: dict[str, t
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            log.append({"step": step0 + step + 1, "loss": loss.item(), "concept": float(step0 // s.lora_steps)})
+            log.append({"step": step0 + step + 1, "loss": loss.item(), "concept": float(step0 // s.iterations)})
             ctx.report(step0 + step + 1, total, loss.item())
     return {n: (b @ a).detach().double().cpu() for n, (b, a) in lora.items()}, log
 
@@ -154,9 +154,9 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: MACESettings, c
         unet = Edit(params={k: v.float() for k, v in w_cfr.items()}).apply_to_copy(adapter.unet).float()
         for p in unet.parameters():
             p.requires_grad_(False)
-        total = s.lora_steps * len(task.forget)
+        total = s.iterations * len(task.forget)
         for k, concept in enumerate(task.forget):
-            delta, entries = train_lora(adapter, unet, w_cfr, concept, task.seed + 7919 * k, s, ctx, k * s.lora_steps, total)
+            delta, entries = train_lora(adapter, unet, w_cfr, concept, task.seed + 7919 * k, s, ctx, k * s.iterations, total)
             loras.append(delta)
             log += entries
     lora_s = time.perf_counter() - started - cfr_s
