@@ -159,10 +159,10 @@ def build_demo() -> gr.Blocks:
                                                  height=260)
                 scaling_table = gr.Markdown(ui.scaling_markdown(stored))
                 with gr.Row():
-                    scaling_counts = gr.Textbox("1,2,4,8,16", label="numbers of concepts to erase", scale=2)
-                    scaling_methods = gr.CheckboxGroup([m for m in ("scapre", "uce", "esd") if m in dict(methods).values()] or ["uce"],
-                                                       value=["scapre", "uce"], label="methods", scale=2,
-                                                       info="ESD-x trains: minutes on a CPU")
+                    scaling_counts = gr.Textbox(ui.scaling_default_counts(), label="numbers of concepts to erase", scale=2)
+                    scaling_methods = gr.CheckboxGroup([m for m in ui.SCALING_METHODS if m in dict(methods).values()] or ["uce"],
+                                                       value=["speed", "uce", "scapre"], label="methods", scale=2,
+                                                       info="MACE and ESD-x train (minutes on a CPU); ESD-x runs up to 16 concepts")
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
 
             ui_zero123.build_tab(zero123_stream, viewer, zero_gpu_active())  # novel-view unlearning (unlearning/ui/zero123.py)

@@ -220,7 +220,7 @@ def test_an_unknown_subcommand_is_a_usage_error(capsys):
         (["export", "--run", "/nonexistent/run", "--out", "/tmp/x"], "no run folder at '/nonexistent/run'"),
         (["export", "--run", "/nonexistent/run", "--out", "/tmp/x", "--format", "delta", "--push-to-hub", "me/x"],
          "use it with --format bundle"),
-        (["bench", "scaling", "--counts", "0,2"], "--counts must be between 1 and 32"),
+        (["bench", "scaling", "--counts", "0,2"], "--counts must be between 1 and 64"),
         (["bench", "scaling", "--counts", "a,b"], "--counts takes whole numbers"),
     ],
 )

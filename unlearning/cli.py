@@ -5,7 +5,7 @@
     python -m unlearning export --run DIR --out MODEL_DIR      (full diffusers folder of the unlearned model)
     python -m unlearning export --run DIR --out FILE --format delta|lora [--rank N]
     python -m unlearning export --run DIR --out DIR --format bundle [--push-to-hub owner/name]
-    python -m unlearning bench scaling [--counts 1,2,4,8,16] [--methods scapre,uce,esd]
+    python -m unlearning bench scaling [--counts 1,2,4,8,16,32,64] [--methods speed,mace,rece,uce,scapre,esd]
     python -m unlearning bench vdu [--model digits] [--forget 3] [--methods vdu,ga,esd,salun] [--checkpoints 2,3,5] [--iterations 5,10]
     python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
     python -m unlearning run --model shapes-3d --method skip3d --forget "blue pyramid" --anchor "blue cube" --preserve "red sphere,green cylinder" --out DIR
@@ -113,7 +113,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise InputError("--push-to-hub uploads a folder: use it with --format bundle.")
     if args.format == "bundle":
         out, notes = export.export_bundle(Path(args.run), Path(args.out), rank=args.rank)
-        print(f"model/, delta.safetensors, README.md, run.json written to {out}; " + " ".join(notes), file=sys.stderr)
+        print(f"{', '.join(sorted(p.name for p in out.iterdir()))} written to {out}; " + " ".join(notes), file=sys.stderr)
         if args.push_to_hub:
             url = export.push_to_hub(out, args.push_to_hub, allowed=get_profile().hub_export)
             print(f"pushed to {url}", file=sys.stderr)
@@ -128,6 +128,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         out = export.export_diffusers(run.adapter, edit, Path(args.out))
         print(f"unlearned model written to {out} (load it with the same code as the base: from_pretrained)", file=sys.stderr)
+        if note := export.pipeline_setting_note(edit):
+            print(note, file=sys.stderr)
     return 0
 
 
@@ -141,18 +143,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_classifier(args)
     if args.which == "vdu":
         return cmd_bench_vdu(args)
-    from .benchmarks.scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
+    from .benchmarks.scaling import DEFAULT_METHODS, RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     counts = tuple(_ints(args.counts, "--counts"))
-    if not counts or min(counts) < 1 or max(counts) > 32:
-        raise InputError("--counts must be between 1 and 32 concepts.")
-    methods = tuple(m.strip() for m in (args.methods or "scapre,uce,esd").split(",") if m.strip())
+    if not counts or min(counts) < 1 or max(counts) > 64:
+        raise InputError("--counts must be between 1 and 64 concepts (shapes-sd has 64 colour-shape pairs).")
+    methods = tuple(m.strip() for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",") if m.strip())
     cfg = ScalingConfig(model=args.model or "shapes-sd", counts=counts, methods=methods, seed=args.seed)
     rows = []
     for row in run_scaling(cfg):
         rows.append(row)
-        print(f"  {row['method']:>8} k={row['k']:>2}: forget {row['forget_rate']:.2f} retain {row['retain_accuracy']:.2f} "
-              f"({row['seconds']:.1f} s)", file=sys.stderr)
+        retain = "n/a" if row["retain_accuracy"] is None else f"{row['retain_accuracy']:.2f}"
+        print(f"  {row['method']:>8} k={row['k']:>2}: forget {row['forget_rate']:.2f} retain {retain} "
+              f"({row['seconds']:.2f} s)", file=sys.stderr)
     path = save_results(rows, cfg, Path(args.out) if args.out else RESULTS)
     print(format_table(rows))
     print(f"written to {path}", file=sys.stderr)
@@ -331,12 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
                         help="upload the bundle (token from HF_TOKEN; only where the hosted profile allows it)")
     export.set_defaults(func=cmd_export)
-    bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..16 concepts with several methods; "
+    bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..64 concepts with several methods; "
                            "'classifier' = classifier unlearning (UAM's setting) vs retraining")
     bench.add_argument("which", choices=["scaling", "classifier", "vdu"])
     bench.add_argument("--model", default=None, help="scaling: default shapes-sd; vdu: default digits")
-    bench.add_argument("--counts", default="1,2,4,8,16")
-    bench.add_argument("--methods", default=None, help="scaling: default scapre,uce,esd; vdu: default vdu,ga,esd,salun")
+    bench.add_argument("--counts", default="1,2,4,8,16,32,64")
+    bench.add_argument("--methods", default=None, help="scaling: default speed,mace,rece,uce,scapre,esd (ESD-x up to 16); "
+                       "vdu: default vdu,ga,esd,salun")
     bench.add_argument("--forget", default=None, help="vdu: concept(s) to forget (default 3 on digits)")
     bench.add_argument("--checkpoints", default="2,3,5", help="vdu: VDU rows with these K (final weights + K - 1 snapshots)")
     bench.add_argument("--iterations", default="", help="vdu: also sweep VDU and gradient ascent over these step counts")

@@ -8,6 +8,13 @@ the timings. The base model is never modified in place:
   restores the *kept originals* afterwards, so removal is bit-exact (no ``w + d - d`` round-off);
 - :meth:`Edit.deltas` gives ``new - old`` for inspection and export.
 
+A method that changes no weights but how the model is sampled (SLD's safety guidance) returns an Edit
+with no parameters and a ``sampling`` rule: a small JSON-able dict naming the method and its
+settings. ``apply_to_copy`` / ``applied`` attach that rule to the UNet they hand out (the attribute
+:data:`SAMPLING_RULE`), and the family adapter's sampling loop follows it, so the comparison engine,
+the benchmarks and the relearning test treat such a model like any other edited model. Exports say
+that the rule is a pipeline setting, not weights.
+
 Saved as safetensors (changed tensors only) with the method, its settings and the base model's
 identity in the metadata, written atomically (temp file + rename).
 """
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +36,22 @@ from torch import nn
 from .atomic import atomic_file
 from .errors import DivergedError, InputError
 
+SAMPLING_RULE = "unlearning_sampling_rule"  # attribute of an edited UNet copy that carries the edit's sampling rule
+_SAMPLING_RULES: dict[str, Callable] = {}  # method name -> factory(adapter, unet, cond, spec) -> rule
+
+
+def register_sampling_rule(method: str, factory: Callable) -> None:
+    """Make a sampling-time method's rule known (the method registry does this for every method that has one)."""
+    _SAMPLING_RULES[method] = factory
+
+
+def sampling_rule_factory(method: str) -> Callable:
+    """The registered factory of a sampling rule; a clear error when no method registered it."""
+    if method not in _SAMPLING_RULES:
+        raise InputError(f"this model carries a '{method}' sampling rule but no method registered it; "
+                         "import unlearning.methods first (its registry registers every sampling-time method).")
+    return _SAMPLING_RULES[method]
+
 
 @dataclass
 class Edit:
@@ -38,6 +61,12 @@ class Edit:
     loss_log: list[dict] = field(default_factory=list)  # [{"step": i, "loss": float, ...}]
     timings: dict = field(default_factory=dict)  # {"unlearn_s": ...}
     base: dict = field(default_factory=dict)  # identity of the base model (source, family)
+    sampling: dict = field(default_factory=dict)  # sampling-time rule ({"method": "sld", ...}); {} for weight edits
+
+    @property
+    def weightless(self) -> bool:
+        """True for a pure sampling-time edit (no weight changes, only a sampling rule)."""
+        return not self.params and bool(self.sampling)
 
     @classmethod
     def from_trained(cls, original: nn.Module, trained: nn.Module, names: Iterable[str], **info) -> Edit:
@@ -78,6 +107,8 @@ class Edit:
         with torch.no_grad():
             for name, value in self.params.items():
                 own[name].copy_(value.to(own[name].device, own[name].dtype))
+        if self.sampling:
+            setattr(edited, SAMPLING_RULE, dict(self.sampling))  # on the copy only
         return edited
 
     @contextmanager
@@ -86,15 +117,23 @@ class Edit:
         self.check_compatible(module)
         own = dict(module.named_parameters())
         originals = {name: own[name].detach().clone() for name in self.params}
+        rule = getattr(module, SAMPLING_RULE, None)
         try:
             with torch.no_grad():
                 for name, value in self.params.items():
                     own[name].copy_(value.to(own[name].device, own[name].dtype))
+            if self.sampling:
+                setattr(module, SAMPLING_RULE, dict(self.sampling))
             yield module
         finally:
             with torch.no_grad():
                 for name, value in originals.items():
                     own[name].copy_(value)
+            if self.sampling:
+                if rule is None:
+                    delattr(module, SAMPLING_RULE)
+                else:
+                    setattr(module, SAMPLING_RULE, rule)
 
     def deltas(self, module: nn.Module) -> dict[str, torch.Tensor]:
         """``new - old`` per changed parameter (float32, CPU)."""
@@ -107,7 +146,10 @@ class Edit:
         return sum(v.numel() for v in self.params.values())
 
     def summary(self) -> dict:
-        return {"method": self.method, "changed_tensors": len(self.params), "changed_values": self.num_changed}
+        out = {"method": self.method, "changed_tensors": len(self.params), "changed_values": self.num_changed}
+        if self.sampling:
+            out["sampling"] = dict(self.sampling)  # a pipeline setting, not weights
+        return out
 
     # ---- files --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -119,6 +161,7 @@ class Edit:
             "settings": json.dumps(self.settings, default=str),
             "timings": json.dumps(self.timings),
             "base": json.dumps(self.base, default=str),
+            "sampling": json.dumps(self.sampling, default=str),
         }
         with atomic_file(path) as tmp:
             save_file({n: t.contiguous() for n, t in self.params.items()}, str(tmp), metadata=metadata)
@@ -141,4 +184,5 @@ class Edit:
             settings=json.loads(meta.get("settings", "{}")),
             timings=json.loads(meta.get("timings", "{}")),
             base=json.loads(meta.get("base", "{}")),
+            sampling=json.loads(meta.get("sampling", "{}")),
         )

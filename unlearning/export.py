@@ -10,6 +10,10 @@
 
 Every file and folder is written atomically (``unlearning.atomic``).
 
+An edit that changes no weights (SLD: a sampling rule, ``Edit.sampling``) is a pipeline setting: the
+diffusers folder then holds the base weights and says so (``unlearning_edit.json``, the model card), and the
+delta and LoRA exports refuse with the same explanation (:func:`pipeline_setting_note`).
+
 ``export_diffusers`` writes a complete diffusers folder of the unlearned model (the base components
 with the edited UNet, ``save_pretrained``, safetensors only). For Stable Diffusion the folder loads
 with ``StableDiffusionPipeline.from_pretrained``; for the class-conditional family with this
@@ -34,6 +38,18 @@ from .edit import Edit
 from .errors import InputError
 from .hosting.profile import redact
 from .models.base import FamilyAdapter
+
+
+def pipeline_setting_note(edit: Edit) -> str | None:
+    """For a sampling-time edit: why its export holds no changed weights and how to reproduce it; else None."""
+    if not edit.sampling:
+        return None
+    rule = {k: v for k, v in edit.sampling.items() if k not in {"method", "note"}}
+    shown = ", ".join(f"{k} = {v!r}" for k, v in rule.items())
+    return (f"{edit.method.upper() or 'this method'} is a pipeline setting, not weights: it changes how the model is sampled "
+            f"({shown}), and the weights are the base model's. Sample with that guidance (this app, or diffusers' "
+            "StableDiffusionPipelineSafe with these values) to get the unlearned behaviour; a plain pipeline on these weights "
+            "draws the concept.")
 
 
 def _check_destination(out: Path) -> None:
@@ -69,9 +85,10 @@ def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Pat
             for extra in ("evaluator", "twin.json"):
                 if (source / extra).exists() and not (tmp / extra).exists():
                     (shutil.copytree if (source / extra).is_dir() else shutil.copy2)(source / extra, tmp / extra)
-        (tmp / "unlearning_edit.json").write_text(json.dumps({
-            "base": edit.base, "method": edit.method, "settings": edit.settings, "changed_parameters": edit.num_changed,
-        }, indent=2, default=str) + "\n")
+        info = {"base": edit.base, "method": edit.method, "settings": edit.settings, "changed_parameters": edit.num_changed}
+        if edit.sampling:
+            info.update(sampling=edit.sampling, note=pipeline_setting_note(edit))
+        (tmp / "unlearning_edit.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return out
 
 
@@ -84,6 +101,8 @@ def export_delta(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Path:
     """``new - base`` for every changed UNet parameter, as a safetensors file (atomic)."""
     from safetensors.torch import save_file
 
+    if note := pipeline_setting_note(edit):
+        raise InputError(f"nothing to write as a delta. {note}")
     edit.check_compatible(adapter.unet)
     deltas = edit.deltas(adapter.unet)
     metadata = {"format": DELTA_FORMAT, "method": edit.method, "base": json.dumps(edit.base, default=str),
@@ -180,6 +199,8 @@ def export_lora(adapter: FamilyAdapter, edit: Edit, out: str | Path, rank: int |
     """
     from safetensors.torch import save_file
 
+    if note := pipeline_setting_note(edit):
+        raise InputError(f"nothing to write as a LoRA. {note}")
     if adapter.family != "stable-diffusion":
         raise InputError(f"a LoRA export is for Stable Diffusion models; this is a {adapter.family} model. "
                          "Export the delta or the full model instead.")
@@ -205,8 +226,9 @@ def export_lora(adapter: FamilyAdapter, edit: Edit, out: str | Path, rank: int |
 
 # ---- the model card, the bundle, the hub ----------------------------------------------------------------
 
-def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None) -> Path:
-    """A README.md (Hugging Face model card) from a run card (``run.json``), written atomically."""
+def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None, setting_note: str | None = None) -> Path:
+    """A README.md (Hugging Face model card) from a run card (``run.json``), written atomically; ``setting_note``:
+    the edit is a pipeline setting (:func:`pipeline_setting_note`), said up front and instead of the delta."""
     request, method, model = card.get("request", {}), card.get("method", {}), card.get("model", {})
     base = model.get("source") or request.get("model", "")
     hub_base = isinstance(base, str) and base.count("/") == 1 and not Path(base).exists()
@@ -216,11 +238,15 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
     front.append("---")
     lines = [*front, "", f"# {request.get('model', 'model')} without {', '.join(card.get('task', {}).get('forget', []))}", "",
              f"Made with **{method.get('label', method.get('name', ''))}** ({method.get('citation', '')}) "
-             "with unlearning-lab. Base model: `" + str(base) + "`.", "",
-             "## Files", "",
-             "- `model/`: the full diffusers folder of the unlearned model (`from_pretrained`).",
-             "- `delta.safetensors`: new - base of the changed parameters.",
-             "- `run.json`: every setting, seed and library version of the run."]
+             "with unlearning-lab. Base model: `" + str(base) + "`.", ""]
+    if setting_note:
+        lines += ["**" + setting_note + "**", "", "## Files", "",
+                  "- `model/`: the base model's diffusers folder; `model/unlearning_edit.json` holds the sampling setting."]
+    else:
+        lines += ["## Files", "",
+                  "- `model/`: the full diffusers folder of the unlearned model (`from_pretrained`).",
+                  "- `delta.safetensors`: new - base of the changed parameters."]
+    lines.append("- `run.json`: every setting, seed and library version of the run.")
     if lora is not None:
         lines.append(f"- `lora.safetensors`: the edit as a LoRA (`pipe.load_lora_weights`); {lora.summary()}.")
     metrics = card.get("metrics") or {}
@@ -244,17 +270,21 @@ def export_bundle(folder: str | Path, out: str | Path, rank: int | None = None) 
     if (folder / "metrics.json").is_file():
         card["metrics"] = json.loads((folder / "metrics.json").read_text())
     notes = []
+    setting_note = pipeline_setting_note(edit)
     with atomic_dir(out) as tmp:
         export_diffusers(run.adapter, edit, tmp / "model")
-        export_delta(run.adapter, edit, tmp / "delta.safetensors")
         lora = None
-        try:
-            lora = export_lora(run.adapter, edit, tmp / "lora.safetensors", rank=rank)
-            notes.append(f"LoRA: {lora.summary()}.")
-        except InputError as exc:
-            notes.append(f"no LoRA: {exc}")
+        if setting_note:
+            notes.append(f"no delta, no LoRA: {setting_note}")
+        else:
+            export_delta(run.adapter, edit, tmp / "delta.safetensors")
+            try:
+                lora = export_lora(run.adapter, edit, tmp / "lora.safetensors", rank=rank)
+                notes.append(f"LoRA: {lora.summary()}.")
+            except InputError as exc:
+                notes.append(f"no LoRA: {exc}")
         shutil.copy2(folder / "run.json", tmp / "run.json")
-        write_model_card(card, tmp / "README.md", lora)
+        write_model_card(card, tmp / "README.md", lora, setting_note)
     return out, notes
 
 

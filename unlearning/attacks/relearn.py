@@ -161,6 +161,7 @@ def relearn(adapter: FamilyAdapter, edit: Edit, task: UnlearnTask, settings: Rel
         method=f"{edit.method}+relearn", settings={"relearn": dataclasses.asdict(settings), "edit": edit.settings},
         loss_log=loss_log, timings={"relearn_s": time.perf_counter() - started}, base=edit.base,
     )
+    result.sampling = dict(edit.sampling)  # a sampling-time edit (SLD) still guides the fine-tuned weights
     return RelearnResult(edit=result, loss_log=loss_log, timings=dict(result.timings), benign=benign)
 
 

@@ -107,8 +107,8 @@ _N = IMAGE_SIZE * SUPERSAMPLE
 _GRID = (np.arange(_N) + 0.5) / _N * 2 - 1  # pixel centres in [-1, 1]
 
 
-def render(spec: ShapeSpec) -> np.ndarray:
-    """One image, uint8 (32, 32, 3)."""
+def _supersampled_mask(spec: ShapeSpec) -> np.ndarray:
+    """Where the shape is, on the supersampled grid (bool, (64, 64))."""
     ys, xs = np.meshgrid(-_GRID, _GRID, indexing="ij")  # row 0 is the top: y = +1
     shift = 2.0 / IMAGE_SIZE
     xs = xs - spec.dx * shift
@@ -116,6 +116,19 @@ def render(spec: ShapeSpec) -> np.ndarray:
     mask = _shape_mask(spec.shape, SIZES[spec.size], xs, ys)
     if spec.style == "outlined":
         mask = mask & ~ndimage.binary_erosion(mask, iterations=3 * SUPERSAMPLE // 2 + 1)
+    return mask
+
+
+def object_mask(spec: ShapeSpec) -> np.ndarray:
+    """The share of each pixel the shape covers, float32 (32, 32) in [0, 1]: the exact object mask of
+    :func:`render`'s image (what MACE and Forget-Me-Not get from a segmenter on real images)."""
+    mask = _supersampled_mask(spec).astype(np.float32)
+    return mask.reshape(IMAGE_SIZE, SUPERSAMPLE, IMAGE_SIZE, SUPERSAMPLE).mean(axis=(1, 3))
+
+
+def render(spec: ShapeSpec) -> np.ndarray:
+    """One image, uint8 (32, 32, 3)."""
+    mask = _supersampled_mask(spec)
     fg = np.array(COLOURS[spec.colour], dtype=np.float32) + np.array(spec.fg_tint, dtype=np.float32)
     bg = np.array(BACKGROUNDS[spec.background], dtype=np.float32) + np.array(spec.bg_tint, dtype=np.float32)
     hi = np.where(mask[..., None], fg, bg)

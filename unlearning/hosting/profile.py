@@ -185,7 +185,7 @@ class Limits:
     max_iterations: int = _positive(5000)  # training steps per run
     max_inference_steps: int = _positive(200)  # sampling steps per image
     max_samples: int = _positive(256)  # images generated per comparison
-    max_concepts: int = _positive(16)  # concepts erased / kept per run
+    max_concepts: int = _positive(64)  # concepts erased / kept per run (64: every colour-shape pair of shapes-sd)
     max_image_pixels: int = _positive(1024 * 1024)  # width * height of an image
     max_upload_bytes: int = _positive(10 * 1024 * 1024)  # one uploaded file (10 MiB)
 

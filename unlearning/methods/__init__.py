@@ -2,7 +2,9 @@
 
 The CLI, the UI and the hosted profile all read allowed names from here, so they cannot disagree.
 ``tuned`` holds settings tuned for a given embedded twin (model id -> values); every other model
-starts from the dataclass defaults, which are the paper's values.
+starts from the dataclass defaults, which are the paper's values. ``sampling_rule`` is set for a method that
+changes how a model is sampled rather than its weights (SLD): it is registered with ``unlearning.edit``, and the
+family adapter's sampling loop builds the rule from the Edit's ``sampling`` dict through it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..edit import register_sampling_rule
 from ..errors import InputError
-from . import esd, finetune, gradient_ascent, resalign, salun, scapre, skip3d, uce, vdu
+from . import ca, esd, finetune, fmn, gradient_ascent, mace, rece, resalign, salun, scapre, skip3d, sld, speed, uce, vdu
 from .base import build_settings, settings_fields
 
 
@@ -28,6 +31,7 @@ class MethodSpec:
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
     uses_anchor: bool = False
     check_task: Callable | None = None  # (task, settings) -> None; raises InputError for a task the method cannot run
+    sampling_rule: Callable | None = None  # (adapter, unet, cond, spec) -> rule(step, x_t, t, w) -> eps; None: weights only
 
     def defaults(self, model_id: str | None = None) -> dict[str, Any]:
         """The values a run starts from: the paper's, with the twin's tuned values over them."""
@@ -167,6 +171,79 @@ METHODS: dict[str, MethodSpec] = {
             # (4 epochs, 30-degree grid) wrecked every view, 3e-5 / 1e-4 barely moved the forget views
             tuned={"shapes-3d": {"lr_fake": 1e-3, "lr_gen": 2e-4, "mu": 1.0, "epochs": 4, "azimuth_step": 45.0}},
         ),
+        MethodSpec(
+            name="speed",
+            label="SPEED (null-space closed form)",
+            summary="One closed-form step per cross-attention value projection, confined to the null space of the retained "
+            "concepts' embeddings (refined by influence filtering and directed augmentation) and keeping the empty prompt fixed. "
+            "No data, no training; built to erase many concepts at once.",
+            citation="Li et al., SPEED: Scalable, Precise, and Efficient Concept Erasure for Diffusion Models, ICLR 2026",
+            settings_cls=speed.SPEEDSettings,
+            unlearn=speed.unlearn,
+            uses_anchor=True,
+            # held-out tuning (bench/tune_peers.py: heart, square, 8 pairs of concept order seed 1): the paper's rows
+            # (last subject token, V only) leave "heart" untouched (0.88 -> 0.88); the twin's end-of-text token carries
+            # the concept, so its rows are erased too; alpha 0.03 (the paper's many-concept 0.05 is near it), no IPF
+            tuned={"shapes-sd": {"tokens": "concept+eos", "alpha": 0.03, "params": "KV", "prior_filter": False}},
+        ),
+        MethodSpec(
+            name="rece",
+            label="RECE (closed form + derived adversarial embeddings)",
+            summary="Starts from a UCE edit, then repeatedly derives, in closed form, the embedding that would still make the "
+            "edited model draw the concept, and erases that too; the epoch with the lowest validation forget rate is kept.",
+            citation="Gong et al., Reliable and Efficient Concept Erasure of Text-to-Image Diffusion Models, ECCV 2024",
+            settings_cls=rece.RECESettings,
+            unlearn=rece.unlearn,
+            uses_anchor=True,
+            # held-out tuning: one epoch with the paper's object value lam_r 1e-3; keeping the retained prompts (p 1) as
+            # well as " " was needed: with " " alone 8 erased pairs took the retained pairs from 0.56 to 0.06
+            tuned={"shapes-sd": {"epochs": 1, "regular_scale": 1e-3, "preserve_retained": True, "preserve_scale": 1.0}},
+        ),
+        MethodSpec(
+            name="mace",
+            label="MACE (closed-form refinement + LoRA per concept + fusion)",
+            summary="A UCE-style closed form on the tokens that follow each concept word, then one small LoRA per concept that "
+            "turns attention away from the concept's tokens inside the object, fused into one set of K/V weights in closed form.",
+            citation="Lu et al., MACE: Mass Concept Erasure in Diffusion Models, CVPR 2024",
+            settings_cls=mace.MACESettings,
+            unlearn=mace.unlearn,
+            uses_anchor=True,
+            # held-out tuning: the single-object ridge lam 1e3 barely moves the twin (square 0.94 -> 0.94); lam 1 with a
+            # small preservation term (the retained prompts as the cache, s 0.1) forgets heart and square, keeps the rest
+            tuned={"shapes-sd": {"lam": 1.0, "preserve_scale": 0.1}},
+        ),
+        MethodSpec(
+            name="sld",
+            label="SLD (safety guidance while sampling; no weight change)",
+            summary="Changes no weights: every sampling step also predicts the noise for the concept and steers the guidance "
+            "away from it. A sampling-time guard (a plain pipeline on the same weights still draws the concept).",
+            citation="Schramowski et al., Safe Latent Diffusion: Mitigating Inappropriate Degeneration in Diffusion Models, CVPR 2023",
+            settings_cls=sld.SLDSettings,
+            unlearn=sld.unlearn,
+            sampling_rule=sld.sampling_rule,
+        ),
+        MethodSpec(
+            name="fmn",
+            label="Forget-Me-Not (attention re-steering)",
+            summary="A few dozen steps that drive the cross-attention on the concept's tokens to zero on images of the concept. "
+            "No retain term: too many steps hurt the neighbours.",
+            citation="Zhang et al., Forget-Me-Not: Learning to Forget in Text-to-Image Diffusion Models, arXiv 2303.17591",
+            settings_cls=fmn.FMNSettings,
+            unlearn=fmn.unlearn,
+        ),
+        MethodSpec(
+            name="ca",
+            label="Concept Ablation (match an anchor's distribution)",
+            summary="Fine-tunes the cross-attention K/V so the concept's prompts predict, on images of the anchor, what the "
+            "anchor's prompts predict: the concept draws the anchor (or what is left of the prompt without it).",
+            citation="Kumari et al., Ablating Concepts in Text-to-Image Diffusion Models, ICCV 2023",
+            settings_cls=ca.CASettings,
+            unlearn=ca.unlearn,
+            uses_anchor=True,
+            # held-out tuning: the paper's 1.6e-5 x 100 steps does not move the twin (heart 0.88 -> 0.88); 3e-4 x 200 steps
+            # on 64 anchor images forgets heart and square (retain costs up to 15 points); 1e-3 costs far more
+            tuned={"shapes-sd": {"lr": 3e-4, "iterations": 200, "anchor_images": 64}},
+        ),
     ]
 }
 
@@ -174,6 +251,9 @@ METHODS: dict[str, MethodSpec] = {
 def methods_for(families: set[str] | tuple[str, ...]) -> list[MethodSpec]:
     """The registered methods that run on at least one of these model families."""
     return [spec for spec in METHODS.values() if set(spec.families) & set(families)]
+for _spec in METHODS.values():  # the family adapters' sampling loops find sampling-time rules through the Edit module
+    if _spec.sampling_rule is not None:
+        register_sampling_rule(_spec.name, _spec.sampling_rule)
 
 
 def get_method(name: str) -> MethodSpec:

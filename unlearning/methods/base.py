@@ -63,10 +63,10 @@ class RunContext:
 
 # ---- the shared training loop ------------------------------------------------------------------
 
-def trainable_copy(adapter: FamilyAdapter, group: str) -> tuple[torch.nn.Module, list[str]]:
-    """A float32 copy of the base UNet with only ``group``'s parameters trainable."""
+def trainable_copy(adapter: FamilyAdapter, group: str, select: Callable[[str], bool] | None = None) -> tuple[torch.nn.Module, list[str]]:
+    """A float32 copy of the base UNet with only ``group``'s parameters (those ``select`` keeps, if given) trainable."""
     unet = adapter.frozen_copy_for_training()
-    names = adapter.parameter_names(unet, group)
+    names = [n for n in adapter.parameter_names(unet, group) if select is None or select(n)]
     params = dict(unet.named_parameters())
     for n in names:
         params[n].requires_grad_(True)
@@ -85,15 +85,21 @@ def optimise(
     optimizer: str = "adam",
     betas: tuple[float, float] = (0.9, 0.999),
     uam: UAMConfig | None = None,
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = None,
 ) -> list[dict]:
     """Minimise ``loss_fn(step)`` over the named parameters; returns the loss log.
 
     ``loss_fn`` returns the loss (optionally with a dict for the log), or an :class:`Objective` split
-    into forget and retain parts; only the latter can be wrapped by UAM (``uam``).
+    into forget and retain parts; only the latter can be wrapped by UAM (``uam``). ``optimizer`` "adam", "adamw"
+    (decoupled ``weight_decay``) or "sgd"; ``max_grad_norm`` clips the gradient norm before each step.
     Stops with DivergedError the moment the loss or a gradient is not finite, saying what to do.
     """
     params = [p for n, p in unet.named_parameters() if n in set(names)]
-    opt = torch.optim.Adam(params, lr=lr, betas=betas) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, betas=betas) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     log: list[dict] = []
     for step in range(iterations):
         out = loss_fn(step)
@@ -111,6 +117,8 @@ def optimise(
         if not isinstance(out, Objective):
             opt.zero_grad(set_to_none=True)
             loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         entry = {"step": step + 1, "loss": float(loss.item()), **{k: float(v) for k, v in extra.items()}}
         log.append(entry)
@@ -131,6 +139,22 @@ def finish(adapter: FamilyAdapter, unet: torch.nn.Module, names: list[str], *, m
         timings={"unlearn_s": time.perf_counter() - started},
         base={"source": adapter.source, "family": adapter.family},
     )
+
+
+# ---- prompts of a concept and of its anchor (Concept Ablation, MACE) --------------------------------
+
+@dataclass
+class PromptPair:
+    concept: int  # index in task.forget
+    prompt: str  # a prompt showing the concept (c*)
+    anchor: str | None  # the same prompt with the concept swapped for its anchor, or dropped (c); None: the null condition
+
+
+def prompt_pairs(adapter: FamilyAdapter, task: UnlearnTask) -> list[PromptPair]:
+    """For every forget concept, each of the adapter's prompts of it (``forget_prompts``: the twin's caption
+    templates, generic templates for real SD, the label for class labels) with its anchor version."""
+    return [PromptPair(k, p, adapter.anchor_prompt(p, concept, task.anchor_of(concept)))
+            for k, concept in enumerate(task.forget) for p in adapter.forget_prompts(concept)]
 
 
 # ---- data pools and the denoising loss (shared by the data-based methods) -----------------------

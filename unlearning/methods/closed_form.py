@@ -1,4 +1,4 @@
-"""Shared ground of the closed-form cross-attention editors (UCE, ScaPre).
+"""Shared ground of the closed-form cross-attention editors (UCE, ScaPre, SPEED, RECE, MACE's CFR and fusion).
 
 Every cross-attention layer reads the text through two projections, W_k and W_v (``attn2.to_k``,
 ``attn2.to_v``), and all of them take the *same* input: the text encoder's per-token embeddings c
@@ -22,9 +22,29 @@ from ..models.base import FamilyAdapter
 from .base import UnlearnTask
 
 
-def kv_projection_names(unet: torch.nn.Module) -> list[str]:
-    """Weight names of every cross-attention key / value projection."""
-    return [f"{n}.weight" for n, m in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v")) and isinstance(m, torch.nn.Linear)]
+def kv_projection_names(unet: torch.nn.Module, which: str = "KV") -> list[str]:
+    """Weight names of every cross-attention key and/or value projection (``which``: "KV", "K" or "V")."""
+    ends = tuple(f"attn2.to_{p.lower()}" for p in which)
+    return [f"{n}.weight" for n, m in unet.named_modules() if n.endswith(ends) and isinstance(m, torch.nn.Linear)]
+
+
+def kv_weights(adapter: FamilyAdapter, which: str = "KV") -> dict[str, torch.Tensor]:
+    """W_0 of every edited projection, float64 on CPU (copies: the base is never touched)."""
+    params = dict(adapter.unet.named_parameters())
+    return {n: params[n].detach().double().cpu() for n in kv_projection_names(adapter.unet, which)}
+
+
+def right_divide(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left @ right^-1 for a symmetric ``right`` (a Gram plus ridge); least squares where it is singular."""
+    try:
+        return torch.linalg.solve(right, left.T).T
+    except torch.linalg.LinAlgError:
+        return torch.linalg.lstsq(right, left.T).solution.T
+
+
+def gram(cols: torch.Tensor) -> torch.Tensor:
+    """C C^T of columns C (d_in x n): the sum of c c^T over its columns."""
+    return cols @ cols.T
 
 
 @dataclass
@@ -39,22 +59,25 @@ class ConceptRows:
 
 def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: bool = True) -> ConceptRows:
     """Collect C_E, C_A and C_P for a task (float64 on CPU for stable solves)."""
-    erase, target, owner = [], [], []
+    texts, positions, owner, kinds = [], [], [], []  # kinds: "erase" / "target" / "keep", encoded in one batch
     for k, concept in enumerate(task.forget):
+        anchor = task.anchor_of(concept)
         for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
             pos = adapter.token_positions(text, include_last)
-            erase.append(adapter.token_embeddings(text, pos))
-            anchor = task.anchor_of(concept)
-            target.append(adapter.token_embeddings(adapter.prompt_for(anchor) if anchor else None, pos))
+            texts += [text, adapter.prompt_for(anchor) if anchor else None]
+            positions += [pos, pos]
+            kinds += ["erase", "target"]
             owner += [k] * len(pos)
-    keep = []
     for concept in task.retain:
         for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
-            keep.append(adapter.token_embeddings(text, adapter.token_positions(text, include_last)))
-    null = adapter.null_condition(1)[0].float()
-    keep.append(null)  # every row of the unconditional branch, BOS included
+            texts.append(text)
+            positions.append(adapter.token_positions(text, include_last))
+            kinds.append("keep")
+    rows = adapter.token_embeddings_many(texts, positions)
+    pick = lambda kind: [r for r, k in zip(rows, kinds, strict=True) if k == kind]  # noqa: E731
+    keep = pick("keep") + [adapter.null_condition(1)[0].float()]  # every row of the unconditional branch, BOS included
     as_cols = lambda rows: torch.cat(rows).double().cpu().T.contiguous()  # noqa: E731
-    return ConceptRows(as_cols(erase), as_cols(target), as_cols(keep), owner)
+    return ConceptRows(as_cols(pick("erase")), as_cols(pick("target")), as_cols(keep), owner)
 
 
 def edit_residuals(rows: ConceptRows, factor: torch.Tensor) -> dict[str, float]:
@@ -67,35 +90,51 @@ def edit_residuals(rows: ConceptRows, factor: torch.Tensor) -> dict[str, float]:
     return {"erase_gap": float(gap), "preserve_drift": float(drift)}
 
 
+def weight_residuals(w0: dict[str, torch.Tensor], new: dict[str, torch.Tensor], erase: torch.Tensor, target: torch.Tensor,
+                     preserve: torch.Tensor) -> dict[str, float]:
+    """:func:`edit_residuals` for per-layer weights (when the edit is not one shared factor), over all layers:
+    erase_gap  sum ||W C_E - W_0 C_A|| / sum ||W_0 (C_E - C_A)||;  preserve_drift  sum ||(W - W_0) C_P|| / sum ||W_0 C_P||."""
+    gap = sum(torch.linalg.norm(new[n].double() @ erase - w @ target) for n, w in w0.items())
+    gap0 = sum(torch.linalg.norm(w @ (erase - target)) for w in w0.values())
+    drift = sum(torch.linalg.norm((new[n].double() - w) @ preserve) for n, w in w0.items())
+    drift0 = sum(torch.linalg.norm(w @ preserve) for w in w0.values())
+    return {"erase_gap": float(gap / max(float(gap0), 1e-12)), "preserve_drift": float(drift / max(float(drift0), 1e-12))}
+
+
 def closed_form_edit(adapter: FamilyAdapter, task: UnlearnTask, rows: ConceptRows, update: torch.Tensor, *, method: str,
                      settings, ctx, started: float, gains=None):
     """Apply W = W_0 + diag(g) W_0 N to every K/V projection (N = ``update``, d_in x d_in; g = ``gains(W_0)``
     per output row, 1 when None) and package the Edit (finite-checked), reporting the residuals."""
+    new, mean_gain = {}, []
+    for name, w0 in kv_weights(adapter).items():
+        change = w0 @ update
+        if gains is not None:
+            g = gains(w0)
+            mean_gain.append(float(g.mean()))
+            change = g[:, None] * change
+        new[name] = w0 + change
+    res = edit_residuals(rows, torch.eye(update.shape[0], dtype=update.dtype) + update)
+    if mean_gain:
+        res["mean_channel_gain"] = sum(mean_gain) / len(mean_gain)
+    return package_edit(adapter, task, new, res, method=method, settings=settings, ctx=ctx, started=started)
+
+
+def package_edit(adapter: FamilyAdapter, task: UnlearnTask, new: dict[str, torch.Tensor], residuals: dict[str, float], *,
+                 method: str, settings, ctx, started: float, timings: dict | None = None):
+    """The Edit of a closed-form method: new weights (finite-checked, float32), the residuals as its one-line loss
+    log, and timings with seconds per concept."""
     import dataclasses
     import time
 
     from ..edit import Edit
     from ..errors import DivergedError
 
-    params = dict(adapter.unet.named_parameters())
-    new, mean_gain = {}, []
-    for name in kv_projection_names(adapter.unet):
-        w0 = params[name].detach().double().cpu()
-        change = w0 @ update
-        if gains is not None:
-            g = gains(w0)
-            mean_gain.append(float(g.mean()))
-            change = g[:, None] * change
-        new[name] = (w0 + change).float()
     if not all(torch.isfinite(p).all() for p in new.values()):
         raise DivergedError(f"{method}: the closed-form solve gave non-finite weights; raise the ridge and run again. "
                             "The base model is unchanged.")
-    res = edit_residuals(rows, torch.eye(update.shape[0], dtype=update.dtype) + update)
-    if mean_gain:
-        res["mean_channel_gain"] = sum(mean_gain) / len(mean_gain)
-    ctx.report(1, 1, res["erase_gap"], **{k: v for k, v in res.items() if k != "erase_gap"})
+    ctx.report(1, 1, residuals["erase_gap"], **{k: v for k, v in residuals.items() if k != "erase_gap"})
     elapsed = time.perf_counter() - started
-    return Edit(params=new, method=method, settings=dataclasses.asdict(settings),
-                loss_log=[{"step": 1, "loss": res["erase_gap"], **res}],
-                timings={"unlearn_s": elapsed, "per_concept_s": elapsed / len(task.forget)},
+    return Edit(params={n: w.float() for n, w in new.items()}, method=method, settings=dataclasses.asdict(settings),
+                loss_log=[{"step": 1, "loss": residuals["erase_gap"], **residuals}],
+                timings={"unlearn_s": elapsed, "per_concept_s": elapsed / len(task.forget), **(timings or {})},
                 base={"source": adapter.source, "family": adapter.family})

@@ -122,9 +122,37 @@ class FamilyAdapter(ABC):
         pred = evaluator(images.to(evaluator.device)).argmax(1).cpu()
         return pred == torch.tensor([names.index(t) for t in targets])
 
+    def can_recognise(self) -> bool:
+        """Whether :meth:`recognises` can judge images here (without making any): an evaluator, or CLIP on disk."""
+        return getattr(self, "evaluator", None) is not None
+
     def token_positions(self, text: str, include_last: bool = True) -> list[int]:
         """Positions of a condition's own tokens (everything after BOS for class labels)."""
         return list(range(1, self.null_condition(1).shape[1]))
+
+    def token_ids(self, text: str | None) -> list[int]:
+        """The condition's token sequence before padding, BOS first (class labels: [-1 = BOS, label];
+        None: the null condition). Methods align an erased prompt with its anchor prompt by it (MACE)."""
+        names = self.concepts()
+        return [-1, names.index(text) if text is not None else len(names)]
+
+    def concept_positions(self, prompt: str, concept: str, use_pooler: bool = False) -> list[int]:
+        """Positions of ``concept``'s tokens inside ``prompt``'s condition; ``use_pooler`` adds the end-of-text
+        positions (for class labels: the label token)."""
+        return list(range(1, self.null_condition(1).shape[1]))
+
+    def anchor_prompt(self, prompt: str, concept: str, anchor: str | None) -> str | None:
+        """``prompt`` with ``concept`` swapped for ``anchor`` (None: removed; for class labels: the null condition)."""
+        return anchor
+
+    def encode_or_null(self, texts: Sequence[str | None]) -> torch.Tensor:
+        """Conditions (B, T, D) where None stands for the null condition."""
+        return torch.cat([self.null_condition(1) if t is None else self.encode([t]) for t in texts])
+
+    def object_masks(self, concept: str, n: int, seed: int) -> torch.Tensor | None:
+        """(n, 1, H, W) in [0, 1]: where the concept is in the images ``concept_data(concept, n, seed)`` returns,
+        or None where the family cannot say (methods then use the whole image)."""
+        return None
 
     @torch.no_grad()
     def token_embeddings(self, text: str | None, positions: Sequence[int]) -> torch.Tensor:
@@ -135,6 +163,10 @@ class FamilyAdapter(ABC):
     def comparison_azimuths(self) -> list[float] | None:
         """Novel-view families: the delta azimuths each input view is compared at (a view plan); None for the others."""
         return None
+    @torch.no_grad()
+    def token_embeddings_many(self, texts: Sequence[str | None], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """:meth:`token_embeddings` of many texts at once (families with a text encoder batch it)."""
+        return [self.token_embeddings(t, p) for t, p in zip(texts, positions, strict=True)]
 
     def reference_images(self, targets: Sequence[str], n_per: int | None = None, seed: int = 0) -> torch.Tensor | None:
         """Real images of the targets in [0, 1] (for evaluator-FID), or None where the family ships none."""
@@ -229,13 +261,22 @@ class FamilyAdapter(ABC):
         w = self.sampling.guidance_scale if guidance_scale is None else guidance_scale
         scheduler = self.make_sampler(steps, sampler)
         timesteps = scheduler.timesteps
+        rule = self.sampling_rule(unet, cond)
         for i in range(start_step, len(timesteps) if stop_step is None else stop_step):
             t = timesteps[i]
-            eps = self.guided_eps(unet, x_t, t, cond, w)
+            eps = self.guided_eps(unet, x_t, t, cond, w) if rule is None else rule(i, x_t, t, w)
             x_t = scheduler.step(eps.to(x_t.dtype), t, x_t).prev_sample
             if callback is not None:
                 callback(i, int(t), x_t)
         return x_t
+
+    def sampling_rule(self, unet: UNet2DConditionModel, cond: torch.Tensor) -> Callable | None:
+        """The sampling-time rule an Edit attached to ``unet`` (see ``unlearning.edit.SAMPLING_RULE``), bound to this
+        call's conditions: ``rule(step_index, x_t, t, guidance_scale) -> eps``; None for a plain UNet."""
+        from ..edit import SAMPLING_RULE, sampling_rule_factory
+
+        spec = getattr(unet, SAMPLING_RULE, None)
+        return sampling_rule_factory(spec["method"])(self, unet, cond, spec) if spec else None
 
     def generate(
         self,

@@ -43,14 +43,17 @@ def _article(word: str) -> str:
 class StableDiffusionAdapter(FamilyAdapter):
     family = "stable-diffusion"
 
-    def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32,
+                 pipe: StableDiffusionPipeline | None = None):
+        """Load the folder or hub snapshot ``path``; or, with ``pipe``, wrap components already built in memory
+        (a full-size architecture with random weights for a rehearsal; ``path`` then only names it)."""
         super().__init__(str(path), device, dtype)
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()  # the app shows its own progress; keep logs readable
         transformers_logging.disable_progress_bar()
-        pipe = StableDiffusionPipeline.from_pretrained(
+        pipe = pipe or StableDiffusionPipeline.from_pretrained(
             str(path), dtype=dtype, use_safetensors=True, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False,
         )
@@ -131,6 +134,21 @@ class StableDiffusionAdapter(FamilyAdapter):
                              truncation=True, return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(ids)[0].to(self.dtype)
 
+    @torch.no_grad()
+    def token_embeddings_many(self, texts: Sequence[str | None], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Rows of many prompts in one batched text-encoder call that stops at the last row asked for: CLIP's text
+        encoder is causal, so rows up to position L depend only on tokens up to L and the padded tail need not be
+        computed (the closed-form editors ask for a few rows of hundreds of prompts)."""
+        if not texts:
+            return []
+        length = max(max(p) for p in positions) + 1
+        unique = list(dict.fromkeys(t or "" for t in texts))  # e.g. the empty anchor prompt once, not per concept
+        ids = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids[:, :length].to(self.device)
+        rows = self.text_encoder(ids)[0].float()  # (U, length, D)
+        at = {t: i for i, t in enumerate(unique)}
+        return [rows[at[t or ""], list(p)] for t, p in zip(texts, positions, strict=True)]
+
     def null_condition(self, batch_size: int) -> torch.Tensor:
         if self._null is None:
             self._null = self.encode([""])
@@ -141,6 +159,30 @@ class StableDiffusionAdapter(FamilyAdapter):
         which in a causal CLIP text encoder has read the whole prompt."""
         n = min(self.token_count(text), self.tokenizer.model_max_length)  # encode() truncates longer texts
         return list(range(1, n - 1)) + ([n - 1] if include_last else []) or [n - 1]
+
+    def token_ids(self, text: str | None) -> list[int]:
+        """Token ids of the text before padding (BOS ... EOS), truncated as ``encode`` truncates; None: the empty prompt."""
+        return self.tokenizer(text or "", truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+
+    def concept_positions(self, prompt: str, concept: str, use_pooler: bool = False) -> list[int]:
+        """Positions of the concept's tokens in the prompt's condition (every occurrence); with ``use_pooler``
+        also every end-of-text position, padding included (SD 1.x and the twin pad with end-of-text)."""
+        ids = self.tokenizer(prompt, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        word = self.token_ids(concept)[1:-1]
+        found = [i + j for i in range(1, len(ids) - len(word) + 1) if ids[i : i + len(word)] == word for j in range(len(word))]
+        if use_pooler:
+            found += [i for i, t in enumerate(ids) if t == self.tokenizer.eos_token_id]
+        return sorted(set(found))
+
+    def anchor_prompt(self, prompt: str, concept: str, anchor: str | None) -> str | None:
+        """``prompt`` with the concept swapped for the anchor ("a red star" -> "a red circle"), articles fixed;
+        with no anchor the concept is dropped ("a picture of a star" -> "a picture of")."""
+        if anchor is None:
+            out = re.sub(rf"\b(an?\s+)?{re.escape(concept)}\b", "", prompt)
+        else:
+            out = re.sub(rf"\b(an?\s+)?{re.escape(concept)}\b",
+                         lambda m: (f"{_article(anchor)} " if m.group(1) else "") + anchor, prompt)
+        return " ".join(out.split())
 
     # ---- prompt sets -----------------------------------------------------------------------------
     def prompt_for(self, concept: str) -> str:
@@ -176,6 +218,13 @@ class StableDiffusionAdapter(FamilyAdapter):
     # ---- recognising concepts in images --------------------------------------------------------
     def scored_by_clip(self) -> bool:
         return not self.vocabulary and (self.evaluator is None or not self.evaluator.config.heads)
+
+    def can_recognise(self) -> bool:
+        if self.evaluator is not None and self.evaluator.config.heads:
+            return True
+        from ..metrics.clip import clip_status
+
+        return self.scored_by_clip() and clip_status().available
 
     @torch.no_grad()
     def recognises(self, targets: Sequence[str], images: torch.Tensor) -> torch.Tensor | None:
@@ -235,6 +284,18 @@ class StableDiffusionAdapter(FamilyAdapter):
 
     def concept_data(self, concept: str, n: int, seed: int) -> torch.Tensor:
         return self.captioned_data(concept, n, seed)[0]
+
+    def object_masks(self, concept: str, n: int, seed: int) -> torch.Tensor | None:
+        """The twin's exact object masks of ``captioned_data(concept, n, seed)``'s images; None for any other model
+        (no segmenter ships here)."""
+        specs = self._shape_specs([concept], n, seed)
+        if specs is None:
+            return None
+        import numpy as np
+
+        from ..datasets import shapes as data
+
+        return torch.from_numpy(np.stack([data.object_mask(s) for s in specs]))[:, None]
 
     def captioned_data(self, concept: str, n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
         """Latents of the concept with a caption each: the twin's rendered images captioned with what they show

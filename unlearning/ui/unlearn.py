@@ -261,8 +261,10 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
                 last_log = event.edit.loss_log[-1] if event.edit.loss_log else {}
                 closed = (f" Closed form: erase gap {last_log['erase_gap']:.2f} (0 = erased words read exactly as their anchor),"
                           f" preserve drift {last_log['preserve_drift']:.3f}." if "erase_gap" in last_log else "")
+                changed = ("no weights changed: a sampling-time setting" if event.edit.weightless
+                           else f"{event.edit.summary()['changed_values']:,} weights changed")
                 yield Outputs(status=f"{head}  \nUnlearning done in {event.edit.timings['unlearn_s']:.1f} s "
-                              f"({event.edit.summary()['changed_values']:,} weights changed).{closed} Sampling both models…",
+                              f"({changed}).{closed} Sampling both models…",
                               loss=loss_frame(event.loss_log))
             elif event.kind in ("compare", "done"):
                 st = event.state
@@ -313,7 +315,7 @@ def pair_images(state) -> dict:
 def export_model(run_folder: str | None) -> tuple[str | None, str]:
     """Write the last run's unlearned model as a full diffusers folder inside its run folder; return
     (a zip of it for small models, a status line)."""
-    from ..export import export_diffusers
+    from ..export import export_diffusers, pipeline_setting_note
     from ..runner import load_run
 
     if not run_folder:
@@ -322,19 +324,20 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     hold(folder)  # being exported and downloaded: retention keeps it
     out = folder / "model"
     try:
+        run, edit = load_run(folder)
         if not out.exists():
-            run, edit = load_run(folder)
             export_diffusers(run.adapter, edit, out)
     except UnlearningError as exc:
         return None, f"**Could not export:** {exc}"
+    note = f" **{pipeline_setting_note(edit)}**" if edit.sampling else ""
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     loader = ("StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists()
               else "unlearning.models.zero123.Zero123.from_pretrained or this app" if (out / "cc_projection").exists()
               else "this app (as a local folder)")
     if size > 200e6:
-        return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}."
+        return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}.{note}"
     archive = zip_dir(out, out.with_suffix(".zip"))
-    return str(archive), f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
+    return str(archive), f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}.{note}"
 
 
 def relearn_test(run_folder: str | None, overrides: dict | None = None, results: list | None = None) -> Iterator[str]:
@@ -379,12 +382,20 @@ def relearn_test(run_folder: str | None, overrides: dict | None = None, results:
 # ---- the scaling tab ----------------------------------------------------------------------------
 
 SCALING_INTRO = """
-Erase 1, 2, 4, 8 and 16 colour-shape pairs ("red star", "blue circle", ...) of the **shapes-sd** twin at
-once and watch what is left: the forget rate of the erased pairs should stay low while the retain
-accuracy of a fixed set of preserved pairs should stay high. ScaPre claims to hold quality for several
-times more concepts than UCE. The numbers shown first are the committed results of
-`python -m unlearning bench scaling` (bench/results/scaling.json); the button re-runs it here.
+Erase 1, 2, 4, ... 64 colour-shape pairs ("red star", "blue circle", ...) of the **shapes-sd** twin at once
+and watch what is left: the forget rate of the erased pairs should stay low while the retain accuracy of a
+fixed set of 16 preserved pairs should stay high (at 64 every pair is erased, so nothing is left to keep).
+ScaPre claims to hold quality for several times more concepts than the best baseline; SPEED and MACE claim
+100. The numbers shown first are the committed results of `python -m unlearning bench scaling`
+(bench/results/scaling.json; what they say: docs/peer_methods.md); the button re-runs it here.
 """
+SCALING_METHODS = ("speed", "mace", "rece", "uce", "scapre", "esd")
+
+
+def scaling_default_counts() -> str:
+    """1, 2, 4, ... up to 64 concepts, or the profile's per-run limit when it is lower (a hosted app)."""
+    limit = get_profile().limits.max_concepts
+    return ",".join(str(k) for k in (1, 2, 4, 8, 16, 32, 64) if k <= limit)
 
 
 def scaling_stored() -> list[dict]:
