@@ -93,6 +93,7 @@ class ComparisonState:
     unlearned: list[torch.Tensor] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: {"original": 0.0, "unlearned": 0.0})
     metrics: dict = field(default_factory=dict)
+    real_fid: M.EvaluatorFID | None = None  # evaluator-FID's real side, computed once per comparison
 
     @property
     def done(self) -> bool:
@@ -191,14 +192,16 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
             out["lpips"] = {"value": M.lpips_distance(a, b), "n": len(r_idx), "compares": "unlearned vs original, retained concepts", "library": "lpips (AlexNet)"}
         else:
             out["lpips"] = {"unavailable": status.reason, "how_to_enable": status.how_to_enable}
-        real = adapter.reference_images(task.retain, n_per=32, seed=12345) if evaluator is not None else None
-        if real is not None and len(r_idx) < 2:  # a Gaussian fit needs two samples
+        if state.real_fid is None and evaluator is not None:
+            real = adapter.reference_images(task.retain, n_per=32, seed=12345)
+            state.real_fid = M.EvaluatorFID(evaluator, real) if real is not None else None
+        if state.real_fid is not None and len(r_idx) < 2:  # a Gaussian fit needs two samples
             out["evaluator_fid"] = {"unavailable": "needs at least 2 retained-concept samples; ask for more samples"}
-        elif real is not None:
-            entry = {"n": len(r_idx), "n_real": len(real), "compares": "retained-concept samples vs real data of those concepts",
-                     "library": "torchmetrics FID on evaluator features"}
+        elif state.real_fid is not None:
+            entry = {"n": len(r_idx), "n_real": state.real_fid.n_real, "compares": "retained-concept samples vs real data of those "
+                     "concepts", "library": "torchmetrics FID on evaluator features"}
             for which in ("original", "unlearned"):
-                entry[which] = M.evaluator_fid(evaluator, real, stack(which, r_idx))
+                entry[which] = state.real_fid(stack(which, r_idx))
             out["evaluator_fid"] = entry
         else:
             out["evaluator_fid"] = {"unavailable": "needs an evaluator and the model's real data"}
@@ -206,6 +209,7 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
         "unlearn_s": unlearn_s,
         "sample_s_per_image": {k: v / max(1, n_done) for k, v in state.seconds.items()},
         "images": n_done,
+        "threads": torch.get_num_threads(),  # CPU threads torch used: timings mean little without it
     }
     out["samples"] = {"done": n_done, "total": len(plan.items)}
     return out
