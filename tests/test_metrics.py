@@ -223,7 +223,7 @@ def test_evaluator_fid_keeps_the_real_side_across_fake_sets():
     after_real = model.calls
     kept = [fid(f) for f in fakes]
     assert model.calls - after_real == sum(len(f) for f in fakes)  # only the fakes are featurised again
-    assert kept == [pytest.approx(evaluator_fid(model, real, f), rel=1e-12) for f in fakes]
+    assert kept == [pytest.approx(evaluator_fid(model, real, f), rel=1e-6) for f in fakes]  # batches of 16 vs 256
     with pytest.raises(InputError, match="at least 2 fake_images"):
         fid(fakes[0][:1])
 
