@@ -17,6 +17,7 @@ from unlearning.devices import DEVICE_CHOICES
 from unlearning.hosting.profile import get_profile, install_log_redaction, use_profile
 from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from unlearning.methods import METHODS, methods_for
+from unlearning.threads import configure_threads
 from unlearning.ui import relearn as ui_relearn
 from unlearning.ui import unlearn as ui
 from unlearning.ui import zero123 as ui_zero123
@@ -296,8 +297,12 @@ def main() -> None:
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="a hosted profile (YAML) to enforce, e.g. spaces_config.yaml; 'none': the local profile. "
                         "Default: local, except on a Hugging Face Space (SPACE_ID set) or with $UNLEARNING_CONFIG")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: $UNLEARNING_THREADS, $OMP_NUM_THREADS, else one per core); "
+                        "give 1 when something else runs torch on the same cores")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_threads(explicit=args.threads)
     install_log_redaction()  # the Hugging Face token never reaches a log
     use_profile(args.profile)
     profile = get_profile()

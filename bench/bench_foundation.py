@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--model", default="digits")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    from unlearning.threads import configure_threads
+
+    configure_threads()  # the user's OMP_NUM_THREADS / UNLEARNING_THREADS, else one per core (docs/speed.md)
 
     import torch
 

@@ -54,6 +54,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="bench/results/resalign.json")
     args = parser.parse_args()
+    from unlearning.threads import configure_threads
+
+    configure_threads()  # the user's OMP_NUM_THREADS / UNLEARNING_THREADS, else one per core (docs/speed.md)
 
     from unlearning.attacks.comparison import compare_relearning, format_comparison
     from unlearning.attacks.relearn import relearn_settings

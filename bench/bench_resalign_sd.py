@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--data-size", type=int, default=2, help="images sampled per concept for the data pools")
     parser.add_argument("--out", default="bench/results/resalign_sd.json")
     args = parser.parse_args()
+    from unlearning.threads import configure_threads
+
+    configure_threads()  # the user's OMP_NUM_THREADS / UNLEARNING_THREADS, else one per core (docs/speed.md)
     if not torch.cuda.is_available():
         raise SystemExit("error: needs a CUDA GPU (this script measures GPU memory).")
 

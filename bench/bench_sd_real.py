@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--out", default="bench/results/sd_real")
     args = parser.parse_args()
+    from unlearning.threads import configure_threads
+
+    configure_threads()  # the user's OMP_NUM_THREADS / UNLEARNING_THREADS, else one per core (docs/speed.md)
 
     from unlearning.images import to_pil
     from unlearning.methods import get_method

@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "skip3d.json")
     args = parser.parse_args()
+    from unlearning.threads import configure_threads
+
+    configure_threads()  # the user's OMP_NUM_THREADS / UNLEARNING_THREADS, else one per core (docs/speed.md)
     torch.manual_seed(args.seed)
     skips = [int(s) for s in args.skips.split(",")]
     adapter = load_adapter(args.model)

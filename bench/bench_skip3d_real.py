@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "skip3d_real.json")
     args = parser.parse_args()
+    from unlearning.threads import configure_threads
+
+    configure_threads()  # the user's OMP_NUM_THREADS / UNLEARNING_THREADS, else one per core (docs/speed.md)
     if not torch.cuda.is_available():
         sys.exit("bench_skip3d_real needs a CUDA GPU (none here).")
     settings = {"epochs": args.epochs, "measure_speedup": True, **dict(s.split("=", 1) for s in args.set)}

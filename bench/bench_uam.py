@@ -32,12 +32,11 @@ def main() -> None:
     parser.add_argument("--methods", default="gradient_ascent,esd,vdu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    from unlearning.threads import configure_threads
 
-    import torch
-
+    configure_threads()  # the user's OMP_NUM_THREADS / UNLEARNING_THREADS, else one per core (docs/speed.md)
     from unlearning.runner import RunRequest, execute, prepare
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rhos = [float(r) for r in args.rhos.split(",") if r.strip()]
     rows = []
     for method in args.methods.split(","):

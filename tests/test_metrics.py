@@ -203,6 +203,31 @@ def test_evaluator_fid_on_the_project_evaluator():
     assert math.isfinite(shifted) and shifted > 1000 * max(same, 1e-9)
 
 
+def test_evaluator_fid_keeps_the_real_side_across_fake_sets():
+    """The comparison scores many fake sets against one real set: the kept real statistics give the same values
+    as computing everything afresh, whichever fake set came before, and the real features are computed once."""
+    from unlearning.metrics import EvaluatorFID
+
+    class Counting(_RandomFeatures):
+        calls = 0
+
+        def features(self, images):
+            self.calls += len(images)
+            return super().features(images)
+
+    model = Counting()
+    generator = torch.Generator().manual_seed(3)
+    real = torch.rand(40, 1, 8, 8, generator=generator)
+    fakes = [torch.rand(n, 1, 8, 8, generator=generator) for n in (5, 17, 9)]
+    fid = EvaluatorFID(model, real, batch_size=16)
+    after_real = model.calls
+    kept = [fid(f) for f in fakes]
+    assert model.calls - after_real == sum(len(f) for f in fakes)  # only the fakes are featurised again
+    assert kept == [pytest.approx(evaluator_fid(model, real, f), rel=1e-6) for f in fakes]  # batches of 16 vs 256
+    with pytest.raises(InputError, match="at least 2 fake_images"):
+        fid(fakes[0][:1])
+
+
 def test_evaluator_fid_refuses_too_few_samples():
     with pytest.raises(InputError, match="at least 2"):
         evaluator_fid(_RandomFeatures(), torch.rand(1, 1, 8, 8), torch.rand(4, 1, 8, 8))

@@ -7,6 +7,7 @@
     python -m unlearning export --run DIR --out DIR --format bundle [--push-to-hub owner/name]
     python -m unlearning bench scaling [--counts 1,2,4,8,16,32,64] [--methods speed,mace,rece,uce,scapre,esd]
     python -m unlearning bench vdu [--model digits] [--forget 3] [--methods vdu,ga,esd,salun] [--checkpoints 2,3,5] [--iterations 5,10]
+    python -m unlearning bench speed [--parts esd,press] [--model digits,shapes-sd]
     python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
     python -m unlearning run --model shapes-3d --method skip3d --forget "blue pyramid" --anchor "blue cube" --preserve "red sphere,green cylinder" --out DIR
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
@@ -143,6 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_classifier(args)
     if args.which == "vdu":
         return cmd_bench_vdu(args)
+    if args.which == "speed":
+        return cmd_bench_speed(args)
     from .benchmarks.scaling import DEFAULT_METHODS, RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     counts = tuple(_ints(args.counts, "--counts"))
@@ -209,6 +212,23 @@ def cmd_bench_vdu(args: argparse.Namespace) -> int:
                                                        "forget_samples": args.forget_samples, "retain_samples": args.retain_samples,
                                                        "rows": rows}, indent=2, default=str) + "\n")
         print(f"written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_speed(args: argparse.Namespace) -> int:
+    """ESD reference vs cached trajectories, and the app's first press; tables to stdout, results to --out."""
+    from .benchmarks import speed
+    from .errors import InputError
+
+    parts = [p.strip() for p in (args.parts or "esd,press").split(",") if p.strip()]
+    if bad := sorted(set(parts) - {"esd", "press"}):
+        raise InputError(f"--parts takes esd and / or press, got {', '.join(bad)}.")
+    models = [m.strip() for m in (args.model or "digits,shapes-sd").split(",") if m.strip()]
+    if bad := sorted(set(models) - set(speed.OLD_TUNED)):
+        raise InputError(f"bench speed measures the embedded twins {', '.join(speed.OLD_TUNED)}; got {', '.join(bad)}.")
+    result = speed.run_speed(parts, models, seed=args.seed, forget_samples=args.forget_samples, retain_samples=args.retain_samples)
+    print(speed.format_tables(result))
+    print(f"written to {speed.save(result, Path(args.out) if args.out else speed.RESULTS)}", file=sys.stderr)
     return 0
 
 
@@ -295,6 +315,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m unlearning", description="Machine unlearning for diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: $UNLEARNING_THREADS, $OMP_NUM_THREADS, else one per core; "
+                        "a bench with --jobs splits them); give 1 when something else runs torch on the same cores")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="enforce a hosted profile (YAML), e.g. spaces_config.yaml; default: the local profile "
                         "(every model and method), except on a Hugging Face Space or with $UNLEARNING_CONFIG")
@@ -335,9 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload the bundle (token from HF_TOKEN; only where the hosted profile allows it)")
     export.set_defaults(func=cmd_export)
     bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..64 concepts with several methods; "
-                           "'classifier' = classifier unlearning (UAM's setting) vs retraining")
-    bench.add_argument("which", choices=["scaling", "classifier", "vdu"])
-    bench.add_argument("--model", default=None, help="scaling: default shapes-sd; vdu: default digits")
+                           "'classifier' = classifier unlearning (UAM's setting) vs retraining; 'speed' = ESD's cached "
+                           "trajectories vs the reference, and the app's first press")
+    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "speed"])
+    bench.add_argument("--model", default=None, help="scaling: default shapes-sd; vdu: default digits; speed: default "
+                       "digits,shapes-sd")
+    bench.add_argument("--parts", default=None, help="speed: esd and / or press (default both)")
     bench.add_argument("--counts", default="1,2,4,8,16,32,64")
     bench.add_argument("--methods", default=None, help="scaling: default speed,mace,rece,uce,scapre,esd (ESD-x up to 16); "
                        "vdu: default vdu,ga,esd,salun")
@@ -345,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoints", default="2,3,5", help="vdu: VDU rows with these K (final weights + K - 1 snapshots)")
     bench.add_argument("--iterations", default="", help="vdu: also sweep VDU and gradient ascent over these step counts")
     bench.add_argument("--forget-size", type=int, default=None, help="vdu: images in the forget subset (default: VDU's tuned value)")
-    bench.add_argument("--forget-samples", type=int, default=32, help="vdu: comparison samples of the forget concept")
-    bench.add_argument("--retain-samples", type=int, default=8, help="vdu: comparison samples per retained concept")
+    bench.add_argument("--forget-samples", type=int, default=32, help="vdu, speed: comparison samples of the forget concept")
+    bench.add_argument("--retain-samples", type=int, default=8, help="vdu, speed: comparison samples per retained concept")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="results JSON (scaling: default bench/results/scaling.json)")
@@ -384,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         from .hosting.profile import install_log_redaction, use_profile
+        from .threads import configure_threads
 
         install_log_redaction()
         use_profile(args.profile)
+        configure_threads(explicit=args.threads)  # the total; a bench with --jobs splits it (threads_per_job)
         return args.func(args)
     except UnlearningError as exc:
         print(f"error: {exc}", file=sys.stderr)

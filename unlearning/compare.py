@@ -145,6 +145,7 @@ class ComparisonState:
     seconds: dict[str, float] = field(default_factory=lambda: {"original": 0.0, "unlearned": 0.0})
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # a family view's own results (views: ground truth, the sampling table)
+    real_fid: M.EvaluatorFID | None = None  # evaluator-FID's real side, computed once per comparison
 
     @property
     def done(self) -> bool:
@@ -253,16 +254,18 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
             out["lpips"] = {"value": M.lpips_distance(a, b), "n": len(r_idx), "compares": "unlearned vs original, retained concepts", "library": "lpips (AlexNet)"}
         else:
             out["lpips"] = {"unavailable": status.reason, "how_to_enable": status.how_to_enable}
-        real = adapter.reference_images(task.retain, n_per=32, seed=12345) if evaluator is not None else None
+        if state.real_fid is None and evaluator is not None and not plan.azimuths:
+            real = adapter.reference_images(task.retain, n_per=32, seed=12345)
+            state.real_fid = M.EvaluatorFID(evaluator, real) if real is not None else None
         if plan.azimuths:
             pass  # views: evaluator-FID against their ground-truth renders (view_metrics)
-        elif real is not None and len(r_idx) < 2:  # a Gaussian fit needs two samples
+        elif state.real_fid is not None and len(r_idx) < 2:  # a Gaussian fit needs two samples
             out["evaluator_fid"] = {"unavailable": "needs at least 2 retained-concept samples; ask for more samples"}
-        elif real is not None:
-            entry = {"n": len(r_idx), "n_real": len(real), "compares": "retained-concept samples vs real data of those concepts",
-                     "library": "torchmetrics FID on evaluator features"}
+        elif state.real_fid is not None:
+            entry = {"n": len(r_idx), "n_real": state.real_fid.n_real, "compares": "retained-concept samples vs real data of those "
+                     "concepts", "library": "torchmetrics FID on evaluator features"}
             for which in ("original", "unlearned"):
-                entry[which] = M.evaluator_fid(evaluator, real, stack(which, r_idx))
+                entry[which] = state.real_fid(stack(which, r_idx))
             out["evaluator_fid"] = entry
         else:
             out["evaluator_fid"] = {"unavailable": "needs an evaluator and the model's real data"}
@@ -273,6 +276,7 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
         "sample_s_per_image": {k: v / max(1, n_done) for k, v in state.seconds.items()},
         "images": n_done,
         **({"method": dict(method_timings)} if set(method_timings or {}) - {"unlearn_s"} else {}),  # e.g. skip3d's speedup
+        "threads": torch.get_num_threads(),  # CPU threads torch used: timings mean little without it
     }
     if "sampling" in state.extra:
         out["sampling"] = state.extra["sampling"]

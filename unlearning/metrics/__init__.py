@@ -5,7 +5,7 @@ weights have a ``*_status()`` that says, without downloading, whether they can b
 when they cannot, the metric raises :class:`MetricUnavailable` with how to enable it.
 """
 
-from .fid import FeatureModel, evaluator_fid, inception_fid_status
+from .fid import EvaluatorFID, FeatureModel, evaluator_fid, inception_fid_status
 from .image import (
     PSNR_CAP_DB,
     MetricStatus,
@@ -22,6 +22,7 @@ from .stats import Rate, mean_interval, pul, rate_with_interval
 
 __all__ = [
     "PSNR_CAP_DB",
+    "EvaluatorFID",
     "FeatureModel",
     "MetricStatus",
     "MetricUnavailable",

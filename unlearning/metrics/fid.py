@@ -72,6 +72,51 @@ class _FeatureAdaptor(nn.Module):
         return features.double()
 
 
+class EvaluatorFID:
+    """Evaluator-FID against one fixed real set whose features are computed once, for many fake sets.
+
+    The comparison engine scores the growing sample set after every batch, for two models, against the
+    same real data; the real side (features, mean, covariance) is the same every time, so it is kept
+    (torchmetrics' ``reset_real_features=False``). ``EvaluatorFID(model, real)(fake)`` gives exactly
+    :func:`evaluator_fid`'s value.
+    """
+
+    def __init__(self, feature_model: FeatureModel, real_images: Tensor, batch_size: int = 256) -> None:
+        check_unit_images("real_images", real_images)
+        if real_images.shape[0] < 2:
+            raise InputError(f"evaluator-FID needs at least 2 real_images, got {real_images.shape[0]}.")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+        self.batch_size, self.n_real = batch_size, real_images.shape[0]
+        self.device = torch.device(getattr(feature_model, "device", real_images.device))
+        with torch.no_grad():
+            # 1. probe the feature dimension d on two real images
+            probe = feature_model.features(real_images[:2].to(self.device))  # (2, d)
+            if probe.ndim != 2:
+                raise InputError(f"feature_model.features must return (B, d), got shape {tuple(probe.shape)}.")
+            self.adaptor = _FeatureAdaptor(feature_model.features, num_features=int(probe.shape[1]))
+            # 2. float64 feature sums and covariance of the real set, kept across resets
+            self.fid = FrechetInceptionDistance(feature=self.adaptor, normalize=True, reset_real_features=False).to(self.device)
+            self._update(real_images, real=True)
+
+    def _update(self, images: Tensor, real: bool) -> None:
+        for start in range(0, images.shape[0], self.batch_size):
+            self.fid.update(images[start : start + self.batch_size].to(self.device), real=real)
+
+    def __call__(self, fake_images: Tensor) -> float:
+        check_unit_images("fake_images", fake_images)
+        if fake_images.shape[0] < 2:
+            raise InputError(f"evaluator-FID needs at least 2 fake_images, got {fake_images.shape[0]}.")
+        with torch.no_grad():
+            self.fid.reset()  # the fake side only
+            self._update(fake_images, real=False)
+            # 3. ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))
+            value = float(self.fid.compute())
+        logger.info("evaluator-FID %.4g (n_real=%d, n_fake=%d, d=%d)", value, self.n_real, fake_images.shape[0],
+                    self.adaptor.num_features)
+        return max(value, 0.0)
+
+
 def evaluator_fid(
     feature_model: FeatureModel,
     real_images: Tensor,
@@ -91,39 +136,9 @@ def evaluator_fid(
     Returns:
         The Fréchet distance between Gaussians fitted to the two feature sets; 0 for identical sets
         (tiny negative round-off is reported as 0). Biased upward with few samples: report
-        N_real and N_fake beside it.
+        N_real and N_fake beside it. Scoring many fake sets against one real set: :class:`EvaluatorFID`.
     """
-    for name, images in (("real_images", real_images), ("fake_images", fake_images)):
-        check_unit_images(name, images)
-        if images.shape[0] < 2:
-            raise InputError(f"evaluator-FID needs at least 2 {name}, got {images.shape[0]}.")
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
-
-    device = torch.device(getattr(feature_model, "device", real_images.device))
-    with torch.no_grad():
-        # 1. probe the feature dimension d on two real images
-        probe = feature_model.features(real_images[:2].to(device))  # (2, d)
-        if probe.ndim != 2:
-            raise InputError(f"feature_model.features must return (B, d), got shape {tuple(probe.shape)}.")
-        adaptor = _FeatureAdaptor(feature_model.features, num_features=int(probe.shape[1]))
-
-        # 2. accumulate float64 feature sums and covariances for both sets
-        fid = FrechetInceptionDistance(feature=adaptor, normalize=True).to(device)
-        for images, real in ((real_images, True), (fake_images, False)):
-            for start in range(0, images.shape[0], batch_size):
-                fid.update(images[start : start + batch_size].to(device), real=real)
-
-        # 3. ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))
-        value = float(fid.compute())
-    logger.info(
-        "evaluator-FID %.4g (n_real=%d, n_fake=%d, d=%d)",
-        value,
-        real_images.shape[0],
-        fake_images.shape[0],
-        adaptor.num_features,
-    )
-    return max(value, 0.0)
+    return EvaluatorFID(feature_model, real_images, batch_size)(fake_images)
 
 
 def inception_fid_status() -> MetricStatus:

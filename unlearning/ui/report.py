@@ -62,7 +62,8 @@ def metrics_rows(m: dict) -> list[list[str]]:
                          f"{fid['compares']} ({fid['n_real']} real); not Inception FID", str(fid["n"]), fid["library"]])
     t = m.get("timings", {})
     if t.get("unlearn_s") is not None:
-        rows.append(["unlearning time (s)", "", f"{t['unlearn_s']:.1f}", "wall-clock of the method", "", "time.perf_counter"])
+        rows.append(["unlearning time (s)", "", f"{t['unlearn_s']:.1f}", "wall-clock of the method" + (f" ({t['threads']} torch CPU threads)" if t.get("threads") else ""), "",
+                     "time.perf_counter"])
     per = t.get("sample_s_per_image", {})
     if per:
         rows.append(["sampling (s / image)", _num(per.get("original"), "{:.4f}"), _num(per.get("unlearned"), "{:.4f}"),
