@@ -116,16 +116,19 @@ def generate_plan(adapter: FamilyAdapter, unet: torch.nn.Module, plan: Compariso
 
 
 def iter_comparison(adapter: FamilyAdapter, edited_unet: torch.nn.Module, plan: ComparisonPlan,
-                    task: UnlearnTask, unlearn_s: float | None = None) -> Iterator[ComparisonState]:
-    """Generate batch by batch, yielding the growing state with fresh metrics after each batch."""
+                    task: UnlearnTask, unlearn_s: float | None = None,
+                    edited_adapter: FamilyAdapter | None = None) -> Iterator[ComparisonState]:
+    """Generate batch by batch, yielding the growing state with fresh metrics after each batch.
+    ``edited_adapter``: the unlearned model's conditioning where the edit changed the text encoder
+    (``adapter.edited(edit)``); default ``adapter``."""
     state = ComparisonState(plan)
     for start in range(0, len(plan.items), plan.batch_size):
         batch = plan.items[start : start + plan.batch_size]
         concepts, seeds = [c for _, c, _ in batch], [s for _, _, s in batch]
-        for name, unet in (("original", adapter.unet), ("unlearned", edited_unet)):
+        for name, model, unet in (("original", adapter, adapter.unet), ("unlearned", edited_adapter or adapter, edited_unet)):
             t0 = time.perf_counter()
-            images = adapter.generate(concepts, seeds, unet=unet, num_inference_steps=plan.num_inference_steps,
-                                      guidance_scale=plan.guidance_scale, sampler=plan.sampler)
+            images = model.generate(concepts, seeds, unet=unet, num_inference_steps=plan.num_inference_steps,
+                                    guidance_scale=plan.guidance_scale, sampler=plan.sampler)
             state.seconds[name] += time.perf_counter() - t0
             getattr(state, name).extend(images)
         state.metrics = score(adapter, state, task, unlearn_s)

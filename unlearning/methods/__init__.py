@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from . import esd, finetune, gradient_ascent, resalign, salun, scapre, uce, vdu
+from . import advunlearn, esd, finetune, gradient_ascent, resalign, salun, scapre, uce, vdu
 from .base import build_settings, settings_fields
 
 
@@ -124,6 +124,20 @@ METHODS: dict[str, MethodSpec] = {
             # forgets on digits (1.00 -> 0.06) and shapes-sd "star" (0.75 -> 0.04, retain 0.93; README).
             tuned={twin: {"iterations": 40, "lr": 1e-2, "objective": "esd", "negative_guidance": 2.0, "batch_size": 16,
                           "data_size": 32, "ft_lrs": "1e-3,5e-4,1e-4", "ft_steps": "2,5,10", "ft_batch_size": 8}
+                   for twin in ("digits", "shapes-sd")},
+        ),
+        MethodSpec(
+            name="advunlearn",
+            label="AdvUnlearn (adversarial training of the text encoder)",
+            summary="ESD's erasure trained against an inner attacker: each step first finds a soft prompt that brings the "
+            "concept back, then erases the concept under it, with a utility term on retained prompts. Trains the text "
+            "encoder (the label table on digits); the UNet is untouched.",
+            citation="Zhang et al., Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion "
+            "Models, NeurIPS 2024",
+            settings_cls=advunlearn.AdvUnlearnSettings,
+            unlearn=advunlearn.unlearn,
+            # twin scale (advunlearn.md's twin note: ~200 iterations, 40 warm-up, 5 attack steps); lr tuned on held-out concepts
+            tuned={twin: {"iterations": 200, "warmup": 40, "attack_steps": 5, "lr": 1e-3, "attack_lr": 1e-2, "ddim_steps": 25}
                    for twin in ("digits", "shapes-sd")},
         ),
         MethodSpec(
