@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text_atomic
+from ..config import HostProfile
 from ..errors import InputError
 from ..methods import get_method
 from ..methods.base import RunContext
@@ -40,6 +41,7 @@ DEFAULT_METHODS = ("esd-x", "esd-u", "uce", "scapre", "salun", "resalign", "advu
 # fine-tune (AdamW lr 5e-4, 40 steps x 16) on both twins, because at the paper's lr 1e-5 it revives nothing here.
 RELEARN_2SHOT = {"forget_shots": 2, "data_size": 4, "lr": 5e-4, "steps": 40, "batch_size": 16, "accumulation": 1}
 MEASURES = ("unlearndiffatk", "inversion", "relearn")
+LOCAL = HostProfile()  # a benchmark runs locally: the local defaults, not a hosted profile's limits
 
 
 def method_variant(label: str) -> tuple[str, dict]:
@@ -80,7 +82,7 @@ def ensure_cell(folder: Path, model: str, label: str, concept: str, seed: int, o
     name, variant = method_variant(label)
     request = RunRequest(model=model, method=name, forget=[concept], settings={**variant, **(overrides or {})}, seed=seed,
                          forget_samples=forget_samples, retain_samples=retain_samples)
-    run = prepare(request)
+    run = prepare(request, LOCAL)
     for event in execute(run, out_dir=folder):
         if event.kind == "train" and ctx is not None:
             ctx.report(event.step.step, event.step.total, event.step.loss)
@@ -100,7 +102,7 @@ def measure_cell(folder: Path, measures: Sequence[str] = MEASURES, attack_overri
                 relearn_2shot(folder, {**RELEARN_2SHOT, **(relearn_overrides or {})})
             continue
         if not (default_out(folder, kind) / "attack.json").is_file():
-            execute_attack(prepare_attack(folder, kind, overrides=(attack_overrides or {}).get(kind)))
+            execute_attack(prepare_attack(folder, kind, overrides=(attack_overrides or {}).get(kind), profile=LOCAL))
 
 
 def relearn_2shot(folder: Path, overrides: dict) -> dict:
@@ -112,7 +114,7 @@ def relearn_2shot(folder: Path, overrides: dict) -> dict:
     from .relearn import relearn, relearn_report, relearn_settings
 
     request = read_request(folder)
-    run = prepare(request)
+    run = prepare(request, LOCAL)
     settings = relearn_settings(resolve(request.model)[0], overrides)
     edit = Edit.load(folder / "edit.safetensors")
     result = relearn(run.adapter, edit, run.task, settings)
