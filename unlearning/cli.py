@@ -280,6 +280,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m unlearning", description="Machine unlearning for diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="enforce a hosted profile (YAML), e.g. spaces_config.yaml; default: the local profile "
+                        "(every model and method), except on a Hugging Face Space or with $UNLEARNING_CONFIG")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="unlearn a concept and compare original vs unlearned")
     run.add_argument("--model", default="digits", help="embedded model id, hub id (owner/name) or local folder")
@@ -359,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        from .config import install_log_redaction, use_profile
+
+        install_log_redaction()
+        use_profile(args.profile)
         return args.func(args)
     except UnlearningError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -103,9 +103,7 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     """Validate the whole request against the hosted profile and the model; load the model."""
     profile = profile or get_profile()
     limits = profile.limits
-    model_id, _, _ = resolve(request.model)
-    if profile.models and model_id not in profile.models and not Path(str(request.model)).expanduser().is_dir():
-        raise InputError(f"model '{request.model}' is not allowed here; allowed: {', '.join(profile.models)}.")
+    model_id, _, _ = resolve(request.model, profile)  # refuses what the profile does not offer
     spec = get_method(request.method)
     if profile.methods and spec.name not in profile.methods:
         raise InputError(f"method '{spec.name}' is not allowed here; allowed: {', '.join(profile.methods)}.")
@@ -166,8 +164,10 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
 _SENTINEL = object()
 
 
-def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Event | None = None) -> Iterator[RunEvent]:
-    """Unlearn, then compare; yields events as they happen. Closing the generator cancels the run."""
+def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Event | None = None,
+            owner: str | None = None) -> Iterator[RunEvent]:
+    """Unlearn, then compare; yields events as they happen. Closing the generator cancels the run.
+    ``owner``: the browser / session id the run belongs to (recorded hashed in the run card)."""
     from .runs import check_writable, write_run_folder
 
     if out_dir is not None:
@@ -205,7 +205,7 @@ def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Eve
             if cancel.is_set():
                 raise UnlearningError("the run was cancelled.")
             yield RunEvent("compare", state=state, edit=edit, loss_log=loss_log)
-        folder = write_run_folder(out_dir, run, edit, state) if out_dir is not None else None
+        folder = write_run_folder(out_dir, run, edit, state, owner) if out_dir is not None else None
         yield RunEvent("done", state=state, edit=edit, loss_log=loss_log, folder=folder)
     finally:
         cancel.set()  # stops the worker at its next step if the consumer went away

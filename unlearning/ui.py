@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from .atomic import zip_dir
 from .config import get_profile
 from .errors import UnlearningError
 from .images import side_by_side
@@ -25,7 +25,7 @@ from .methods.base import settings_fields
 from .models.catalog import CATALOG, HUB_MODELS, hub_availability, resolve
 from .report import metrics_rows
 from .run import RunRequest, execute, prepare
-from .runs import group_grid, new_run_folder, prune_runs, zip_run
+from .runs import group_grid, hold, new_run_folder, prune_runs, zip_run
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,10 @@ def parse_request(model: str, forget: list[str] | str | None, anchor: str | None
     )
 
 
-def run_stream(request: RunRequest, cancel: threading.Event | None = None, progress=None) -> Iterator[Outputs]:
-    """Prepare, unlearn and compare, yielding UI updates; errors become a status message."""
+def run_stream(request: RunRequest, cancel: threading.Event | None = None, progress=None,
+               owner: str | None = None) -> Iterator[Outputs]:
+    """Prepare, unlearn and compare, yielding UI updates; errors become a status message. ``owner``: the
+    browser / session id the run folder belongs to (a hosted profile lists it only for them)."""
     try:
         yield Outputs(status="Checking the request and loading the model…", loss=LOSS_EMPTY, metrics=[], pairs={})
         run = prepare(request)
@@ -206,7 +208,7 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
         last = 0.0
         shown = (0, 0, 0)  # forget / retain / own-prompt samples in the grids already sent
         closed = ""  # a closed-form edit's residuals, kept for the final status
-        for event in execute(run, out_dir=folder, cancel=cancel):
+        for event in execute(run, out_dir=folder, cancel=cancel, owner=owner):
             now = time.perf_counter()
             if event.kind == "train":
                 s = event.step
@@ -284,6 +286,7 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     if not run_folder:
         return None, "Run an unlearning first; the export is made from the finished run."
     folder = Path(run_folder)
+    hold(folder)  # being exported and downloaded: retention keeps it
     out = folder / "model"
     try:
         if not out.exists():
@@ -295,8 +298,8 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     loader = "StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists() else "this app (as a local folder)"
     if size > 200e6:
         return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}."
-    archive = shutil.make_archive(str(out), "zip", root_dir=out)
-    return archive, f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
+    archive = zip_dir(out, out.with_suffix(".zip"))
+    return str(archive), f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
 
 
 def relearn_test(run_folder: str | None, overrides: dict | None = None, results: list | None = None) -> Iterator[str]:
@@ -311,6 +314,7 @@ def relearn_test(run_folder: str | None, overrides: dict | None = None, results:
         yield "Run an unlearning first; the relearning test starts from the finished run."
         return
     try:
+        hold(Path(run_folder))  # under test: retention keeps it
         run, edit = load_run(Path(run_folder))
         settings = relearn_settings(run.model_id, overrides)
         data = (f"benign data plus {settings.forget_shots} image(s) of the forgotten concept (few-shot relearning attack)"
