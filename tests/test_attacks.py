@@ -228,7 +228,7 @@ def test_advunlearn_edits_only_the_label_table_and_applies_through_edited(digits
     before_unet, before_labels = fingerprint(digits.unet), fingerprint(digits.label_encoder)
     log: list = []
     edit = spec.unlearn(digits, task, settings, RunContext(log.append))
-    assert [r.step for r in log] == [1, 2, 3, 4] and all("erase" in r.extra for r in log)
+    assert [r.step for r in log] == [1, 2, 3, 4] and all("forget_loss" in r.extra for r in log)
     assert edit.params and all(n.startswith("label_encoder.") for n in edit.params)
     assert edit.changes_conditioner
     model, unet = digits.edited(edit)

@@ -165,6 +165,7 @@ class RobustnessConfig:
     measures: tuple[str, ...] = MEASURES
     overrides: dict[str, dict] = field(default_factory=dict)  # method label -> setting overrides
     attack_overrides: dict[str, dict] = field(default_factory=dict)  # attack kind -> setting overrides
+    relearn_overrides: dict = field(default_factory=dict)  # over RELEARN_2SHOT
 
 
 def run_robustness(cfg: RobustnessConfig, on_cell: Callable[[str], None] | None = None) -> Iterator[dict]:
@@ -184,7 +185,7 @@ def run_robustness(cfg: RobustnessConfig, on_cell: Callable[[str], None] | None 
                 on_cell(f"{label} / {concept}: {folder}")
             ensure_cell(folder, cfg.model, label, concept, cfg.seed, cfg.overrides.get(label),
                         forget_samples=cfg.forget_samples, retain_samples=cfg.retain_samples)
-            measure_cell(folder, cfg.measures, cfg.attack_overrides)
+            measure_cell(folder, cfg.measures, cfg.attack_overrides, cfg.relearn_overrides)
             row = cell_row(folder, label, concept)
             row["cell_s"] = time.perf_counter() - started
             yield row
@@ -234,7 +235,8 @@ def format_leaderboard(summary: Sequence[dict], n_forget: int | None = None) -> 
 def save_results(rows: Sequence[dict], cfg: RobustnessConfig) -> Path:
     path = Path(cfg.out) / "robustness.json"
     payload = {"model": cfg.model, "seed": cfg.seed, "methods": list(cfg.methods), "concepts": list(cfg.concepts),
-               "forget_samples": cfg.forget_samples, "retain_samples": cfg.retain_samples, "relearn": RELEARN_2SHOT,
+               "forget_samples": cfg.forget_samples, "retain_samples": cfg.retain_samples,
+               "relearn": {**RELEARN_2SHOT, **cfg.relearn_overrides},
                "overrides": cfg.overrides, "attack_overrides": cfg.attack_overrides,
                "rows": list(rows), "summary": summarise(rows)}
     return write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")

@@ -149,7 +149,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: AdvUnlearnSetti
         # 5. upper level: erase the concept under [d*; c]
         erase = esd_loss(adapter.eps(frozen, z, t, condition(model, [concept], prefix)).float(), eps0_c, eps0_null,
                          settings.negative_guidance)
-        extra = {"erase": float(erase.item())}
+        extra = {"forget_loss": float(erase.item())}
         loss = erase
         if settings.retain_weight > 0:
             # 6. utility: retained prompts keep the original's predictions on their own trajectories
@@ -160,7 +160,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: AdvUnlearnSetti
                 eps0_r = adapter.eps(frozen, z_r, t, e0_retain[pick]).float()
             retain = F.mse_loss(adapter.eps(frozen, z_r, t, condition(model, prompts)).float(), eps0_r)
             loss = loss + settings.retain_weight * retain
-            extra["retain"] = float(retain.item())
+            extra["retain_loss"] = float(retain.item())
         return loss, extra
 
     log = optimise(trained, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="AdvUnlearn")
