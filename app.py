@@ -13,13 +13,15 @@ from pathlib import Path
 
 import gradio as gr
 
-from unlearning import ui, ui_relearn, ui_zero123
-from unlearning.config import get_profile, install_log_redaction, use_profile
 from unlearning.devices import DEVICE_CHOICES
+from unlearning.hosting.profile import get_profile, install_log_redaction, use_profile
+from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from unlearning.methods import METHODS
-from unlearning.report import METRIC_HEADERS
-from unlearning.ui_runs import build_runs_tab, viewer_of
-from unlearning.zerogpu import on_gpu, request_duration, zero_gpu_active
+from unlearning.ui import relearn as ui_relearn
+from unlearning.ui import unlearn as ui
+from unlearning.ui import zero123 as ui_zero123
+from unlearning.ui.report import METRIC_HEADERS
+from unlearning.ui.runs import build_runs_tab, viewer_of
 
 DEFAULT_MODEL = "digits"
 DEFAULT_METHOD = "esd"
@@ -168,9 +170,9 @@ def build_demo() -> gr.Blocks:
                                                        info="ESD-x trains: minutes on a CPU")
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
 
-            ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui_zero123.py)
+            ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui/zero123.py)
 
-            build_runs_tab(viewer)  # earlier runs: reopen one, compare two (unlearning/ui_runs.py)
+            build_runs_tab(viewer)  # earlier runs: reopen one, compare two (unlearning/ui/runs.py)
 
             with gr.Tab("Methods and metrics"):
                 gr.Markdown(methods_markdown())

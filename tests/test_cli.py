@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from unlearning.cli import main
-from unlearning.config import ENV_VAR, get_profile
+from unlearning.hosting.profile import ENV_VAR, get_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_ITERATIONS = 300

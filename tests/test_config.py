@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from unlearning import config
-from unlearning.config import ENV_VAR, SPACE_ENV_VAR, HostProfile, get_profile, load_profile
 from unlearning.errors import InputError
+from unlearning.hosting import profile as config
+from unlearning.hosting.profile import ENV_VAR, SPACE_ENV_VAR, HostProfile, get_profile, load_profile
 
 REPO_FILE = Path(__file__).resolve().parents[1] / "spaces_config.yaml"
 
@@ -264,7 +264,7 @@ def test_bad_new_keys_are_named(tmp_path, text, key, expected):
 def test_retention_by_bytes_deletes_oldest_first_and_keeps_the_newest(tmp_path):
     import os
 
-    from unlearning.runs import prune_runs
+    from unlearning.run_folder import prune_runs
 
     folders = []
     for i in range(4):

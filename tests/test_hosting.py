@@ -21,14 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from unlearning import novel_view, ui_runs
+from unlearning import novel_view
 from unlearning.atomic import zip_dir
 from unlearning.cli import main
-from unlearning.config import ENV_VAR, SPACE_ENV_VAR, get_profile, install_log_redaction
 from unlearning.errors import InputError
+from unlearning.hosting.profile import ENV_VAR, SPACE_ENV_VAR, get_profile, install_log_redaction
 from unlearning.models.catalog import ASSETS, resolve
-from unlearning.run import RunRequest, execute, prepare
-from unlearning.runs import hold, prune_runs
+from unlearning.run_folder import hold, prune_runs
+from unlearning.runner import RunRequest, execute, prepare
+from unlearning.ui import runs as ui_runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_FAKEtokenNeverToBeSeen0123456789"
@@ -117,15 +118,17 @@ def test_a_hosted_profile_refuses_hub_ids_it_does_not_offer_and_keeps_its_twins(
 
 
 def test_the_cli_profile_option_puts_a_hosted_profile_in_force(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.delenv(SPACE_ENV_VAR, raising=False)
+    before = os.environ.pop(ENV_VAR, None)
     get_profile.cache_clear()
     try:
         code = main(["--profile", str(REPO_ROOT / "spaces_config.yaml"), "run", "--model", "/etc", "--forget", "3",
                      "--out", str(tmp_path / "out")])
         assert code == 2 and "not offered here" in capsys.readouterr().err
-    finally:
-        monkeypatch.delenv(ENV_VAR, raising=False)
+    finally:  # --profile sets the variable for the process: put it back as it was
+        os.environ.pop(ENV_VAR, None)
+        if before is not None:
+            os.environ[ENV_VAR] = before
         get_profile.cache_clear()
 
 

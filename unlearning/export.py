@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from .atomic import atomic_dir, atomic_file, write_text_atomic
-from .config import redact
 from .edit import Edit
 from .errors import InputError
+from .hosting.profile import redact
 from .models.base import FamilyAdapter
 
 
@@ -239,7 +239,7 @@ def export_bundle(folder: str | Path, out: str | Path, rank: int | None = None) 
     """Everything for one finished run folder in a new folder ``out``: model/, delta.safetensors,
     lora.safetensors (Stable Diffusion, where the edit is a LoRA), README.md, run.json. Returns
     (out, notes) where the notes say what was left out and why."""
-    from .runs import load_run
+    from .runner import load_run
 
     folder, out = Path(folder), Path(out)
     run, edit = load_run(folder)

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from .atomic import atomic_dir
-from .config import check_model_allowed, get_profile
-from .embedded import render3d as r3d
+from .datasets import render3d as r3d
 from .errors import InputError
+from .hosting.profile import check_model_allowed, get_profile
 from .methods.base import RunContext, build_settings
 from .methods.skip3d import TUNED, Skip3DSettings, ViewTask, sample_views, training_azimuths, unlearn_views
 from .metrics.fid import evaluator_fid
@@ -161,7 +161,7 @@ def _pair_metrics(gen: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 def load_evaluator(model_id: str):
-    from .embedded.classifier import ImageClassifier
+    from .models.evaluator import ImageClassifier
 
     folder = MODELS.get(model_id) or Path(model_id)
     if not (folder / "evaluator" / "config.json").is_file():  # real Zero123: no evaluator, no evaluator scores

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..config import HostProfile, check_model_allowed, get_profile
 from ..devices import inference_dtype, resolve_device
 from ..errors import InputError
-from .base import FamilyAdapter
+from ..hosting.profile import HostProfile, check_model_allowed, get_profile
+from .base import FamilyAdapter, SamplingDefaults, read_twin, vocabulary_words
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -195,6 +195,37 @@ def resolve(model: str, profile: HostProfile | None = None) -> tuple[str, Path |
         return _resolve_hub(text)
     raise InputError(f"unknown model '{text}': not an embedded model ({', '.join(CATALOG)}), not a hub id (owner/name) "
                      "and no such folder.")
+
+
+# ---- what the app shows before a model is loaded (read from the folder, no weights) -------------------------
+
+def concept_choices(model: str) -> list[str]:
+    """Suggested concepts, read from the model folder without loading any weights (free text is allowed too)."""
+    try:
+        model_id, path, family = resolve(model)
+    except InputError:
+        return []
+    if not isinstance(path, Path):
+        return []  # a hub model: open vocabulary
+    if family == "class-conditional":
+        meta = json.loads((path / "label_encoder" / "config.json").read_text())
+        return list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
+    return vocabulary_words(read_twin(path).get("vocabulary", {}))
+
+
+def sampling_defaults(model: str) -> tuple[int, float]:
+    """The model's default (sampling steps, guidance scale), to pre-fill the form.
+
+    Gradio 6 shows a ``gr.Number(None)`` as 0 and sends 0, so "leave it empty for the default" would
+    silently ask for 0 steps / guidance 0; the form shows the real defaults instead. Reads the same
+    ``twin.json`` the adapter reads, without loading the model.
+    """
+    try:
+        _, path, family = resolve(model)
+        defaults = SamplingDefaults.from_twin(read_twin(path), family)
+    except (InputError, OSError, ValueError):
+        defaults = SamplingDefaults.from_twin({}, HUB_MODELS.get(model, ""))  # e.g. a hub model not reachable now
+    return int(defaults.num_inference_steps), float(defaults.guidance_scale)
 
 
 _cache: dict[tuple[str, str, str], FamilyAdapter] = {}

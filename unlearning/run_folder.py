@@ -215,29 +215,3 @@ def _run_bytes(folder: Path) -> int:
     zipped = folder.with_suffix(".zip")
     files = [f for f in folder.rglob("*") if f.is_file()] + ([zipped] if zipped.is_file() else [])
     return sum(f.stat().st_size for f in files)
-
-
-def read_request(folder: Path):
-    """The RunRequest recorded in a finished run folder's run.json (InputError if there is none)."""
-    from .run import RunRequest
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"no run folder at '{folder}'; give a folder written by 'python -m unlearning run --out'.")
-    card_path = folder / "run.json"
-    if not card_path.is_file():
-        raise InputError(f"'{folder}' holds no run.json; give a folder written by 'python -m unlearning run --out'.")
-    try:
-        card = json.loads(card_path.read_text())
-        fields = {f.name for f in dataclasses.fields(RunRequest)}
-        return RunRequest(**{k: v for k, v in card["request"].items() if k in fields})
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"'{card_path}' is not a readable run card ({exc}).") from None
-
-
-def load_run(folder: Path):
-    """(PreparedRun, Edit) of a finished run folder, its request re-validated as a new one."""
-    from .run import prepare
-
-    request = read_request(folder)
-    return prepare(request), Edit.load(Path(folder) / "edit.safetensors")

@@ -10,7 +10,7 @@ Two kinds:
   app runs on a Hugging Face Space (the Space sets ``SPACE_ID``), which reads the repository's
   ``spaces_config.yaml``. A hosted profile never lets a visitor touch the server's file system
   (``allow_local_models`` is false unless the file says otherwise) and keeps each visitor's runs to
-  that visitor (see ``unlearning.ui_runs``).
+  that visitor (see ``unlearning.ui.runs``).
 
 ``UNLEARNING_CONFIG=none`` forces the local profile, even on a Space.
 
@@ -53,13 +53,13 @@ from pathlib import Path
 
 import yaml
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "UNLEARNING_CONFIG"
 SPACE_ENV_VAR = "SPACE_ID"  # set by Hugging Face on every Space
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "spaces_config.yaml"  # the Space's profile
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "spaces_config.yaml"  # the Space's profile
 NO_FILE = "none"  # UNLEARNING_CONFIG=none: read no file, use the local profile
 ALL_METHODS = "all"  # YAML value of `methods` that allows every registered method
 
@@ -209,7 +209,7 @@ class Runs:
 
 @dataclass(frozen=True)
 class ZeroGPU:
-    """How long to ask ZeroGPU for (``spaces.GPU(duration=...)``); see ``unlearning.zerogpu``.
+    """How long to ask ZeroGPU for (``spaces.GPU(duration=...)``); see ``unlearning.hosting.zerogpu``.
 
     duration = min(max_duration, margin * (overhead_s + iterations * seconds per iteration of the method
     (``gpu_duration``, else default_step_s) + pairs * 2 models * sampling steps * sample_step_s)).

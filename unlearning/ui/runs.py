@@ -20,11 +20,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from .atomic import write_text_atomic, zip_dir
-from .config import get_profile
-from .errors import InputError
+from ..atomic import write_text_atomic, zip_dir
+from ..errors import InputError
+from ..hosting.profile import get_profile
+from ..run_folder import SHARED_MARK, hold, owner_tag
 from .report import METRIC_HEADERS, metrics_rows
-from .runs import SHARED_MARK, hold, owner_tag
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ ZIP_LIMIT_BYTES = 200_000_000  # larger bundles (real SD: gigabytes) stay on dis
 def export_run(name: str | None, root: Path | None = None, viewer: str | None = None) -> tuple[str | None, str]:
     """Export one listed run as a bundle (model/, delta, LoRA where possible, model card) inside its folder;
     returns (a zip of it when small enough, a status line)."""
-    from .export import export_bundle
+    from ..export import export_bundle
 
     try:
         summary = find_run(name, root, viewer)
@@ -203,7 +203,7 @@ def export_run(name: str | None, root: Path | None = None, viewer: str | None = 
 
 def push_run(name: str | None, repo_id: str, root: Path | None = None, viewer: str | None = None) -> str:
     """Push a run's exported bundle to the Hub (only where the hosted profile allows it)."""
-    from .export import push_to_hub
+    from ..export import push_to_hub
 
     try:
         summary = find_run(name, root, viewer)
