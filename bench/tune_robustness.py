@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from unlearning.attacks.adversarial import execute_attack, prepare_attack
-    from unlearning.attacks.robustness import cell_folder, cell_row, ensure_cell
+    from unlearning.benchmarks.robustness import cell_folder, cell_row, ensure_cell
     from unlearning.models.catalog import resolve
 
     model_id, _, _ = resolve(args.model)

@@ -103,10 +103,9 @@ def prepare_attack(run_folder: str | Path, kind: str, *, prompts_file: str | Pat
                    overrides: dict[str, Any] | None = None, out: str | Path | None = None, device: str | None = None,
                    profile=None, write: bool = True) -> PreparedAttack:
     """Check the request and load the model; every problem is one InputError, raised before anything is written."""
-    from ..config import get_profile
+    from ..hosting.profile import get_profile
     from ..models.catalog import resolve
-    from ..run import prepare
-    from ..runs import read_request
+    from ..runner import prepare, read_request
 
     profile = profile or get_profile()
     folder = Path(run_folder)
@@ -125,6 +124,9 @@ def prepare_attack(run_folder: str | Path, kind: str, *, prompts_file: str | Pat
     n = getattr(settings, "samples", 0)
     if n > limits.max_samples:
         raise InputError(f"samples = {n}; this instance allows {limits.max_samples} images per comparison.")
+    if prompts_file is not None and Path(prompts_file).is_file() and Path(prompts_file).stat().st_size > limits.max_upload_bytes:
+        raise InputError(f"the prompt file is {Path(prompts_file).stat().st_size:,} bytes; this instance accepts "
+                         f"{limits.max_upload_bytes:,}.")
     rows = prompts.read_prompt_file(prompts_file, settings.max_prompts) if prompts_file is not None else None
     target = Path(out) if out is not None else default_out(folder, spec.name)
     if write:

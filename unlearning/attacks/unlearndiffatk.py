@@ -74,12 +74,14 @@ class UnlearnDiffAtkSettings(AttackSettings):
 
 
 # Twin values: about 10 timesteps x 10 iterations over the twin vocabulary (attacks.md's twin note), the twin's own
-# sampler settings, 16 prompts. Digits: the continuous label embedding; lr from a held-out digit (see docs).
+# sampler settings, 16 prompts. Digits: the continuous label embedding, lr 0.2 (the strongest of 0.01 / 0.05 /
+# 0.2 on held-out digits 1 and 7 against ESD-x; enumerating the labels (discrete) revived nothing there);
+# bench/results/robustness_tuning_digits.json.
 TUNED: dict[str, dict] = {
     "shapes-sd": {"samples": 16, "prefix_tokens": 3, "timesteps": 10, "iterations": 10, "num_inference_steps": 25,
                   "guidance_scale": 5.0},
     "digits": {"samples": 16, "prefix_tokens": 1, "timesteps": 10, "iterations": 10, "num_inference_steps": 25,
-               "guidance_scale": 2.0, "space": "continuous", "lr": 5e-2, "weight_decay": 0.0},
+               "guidance_scale": 2.0, "space": "continuous", "lr": 0.2, "weight_decay": 0.0},
 }
 
 

@@ -107,7 +107,7 @@ def run_scaling(cfg: ScalingConfig) -> Iterator[dict]:
             t0 = time.perf_counter()
             edit = spec.unlearn(adapter, task, settings, RunContext())
             seconds = time.perf_counter() - t0
-            row, images = measure(adapter, edit.apply_to_copy(adapter.unet), order[:k], retain, cfg)
+            row, images = measure(*adapter.edited(edit), order[:k], retain, cfg)  # AdvUnlearn: its text encoder too
             row.update(method=method, k=k, seconds=seconds,
                        ssim=M.ssim(images, base_rows[k][1]),
                        evaluator_fid=M.evaluator_fid(adapter.evaluator, real, images) if real is not None else None)

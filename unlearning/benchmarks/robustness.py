@@ -28,14 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_text_atomic
-from ..config import HostProfile
 from ..errors import InputError
+from ..hosting.profile import HostProfile
 from ..methods import get_method
 from ..methods.base import RunContext
 from ..metrics.stats import mean_interval
 
-# Method labels of the leaderboard: a registered method, with settings that make the named variant.
-VARIANTS: dict[str, tuple[str, dict]] = {"esd-x": ("esd", {"variant": "x"}), "esd-u": ("esd", {"variant": "u"})}
+# Method labels of the leaderboard: a registered method, the settings that make the named variant, and per twin the
+# variant's own tuned values over the method's (ESD's twin values were tuned for ESD-x; see docs/robustness.md).
+VARIANTS: dict[str, tuple[str, dict, dict[str, dict]]] = {
+    "esd-x": ("esd", {"variant": "x"}, {}),
+    "esd-u": ("esd", {"variant": "u"}, {}),
+}
 DEFAULT_METHODS = ("esd-x", "esd-u", "uce", "scapre", "salun", "resalign", "advunlearn")
 # The 2-shot relearning attack: two images of the concept among 4 of each retained concept; the digits twin's tuned
 # fine-tune (AdamW lr 5e-4, 40 steps x 16) on both twins, because at the paper's lr 1e-5 it revives nothing here.
@@ -44,11 +48,13 @@ MEASURES = ("unlearndiffatk", "inversion", "relearn")
 LOCAL = HostProfile()  # a benchmark runs locally: the local defaults, not a hosted profile's limits
 
 
-def method_variant(label: str) -> tuple[str, dict]:
-    """'esd-x' -> ('esd', {'variant': 'x'}); a registered method's name -> (name, {})."""
+def method_variant(label: str, model_id: str | None = None) -> tuple[str, dict]:
+    """'esd-x' -> ('esd', {'variant': 'x'}); a registered method's name -> (name, {}). With a model id, the variant's
+    tuned values for that twin are added (before the user's overrides, which the caller adds)."""
     key = label.strip().lower()
     if key in VARIANTS:
-        return VARIANTS[key]
+        name, variant, tuned = VARIANTS[key]
+        return name, {**variant, **tuned.get(model_id or "", {})}
     return get_method(key).name, {}
 
 
@@ -65,21 +71,23 @@ def _safe(text: str) -> str:
 
 
 def cell_folder(root: Path, model_id: str, label: str, concept: str, seed: int, overrides: dict | None = None) -> Path:
-    """Where the cell (label, concept, seed) with these setting overrides lives under ``root``."""
-    name, variant = method_variant(label)
+    """Where the cell (label, concept, seed) with these setting overrides lives under ``root``: named by the registered
+    method (a variant such as ESD-u is told apart by its settings hash), as the protocol bench's cell store names it."""
+    name, variant = method_variant(label, model_id)
     settings = dataclasses.asdict(get_method(name).settings(model_id, {**variant, **(overrides or {})}))
-    return Path(root) / "cells" / _safe(label) / _safe(concept) / f"seed{seed}-{settings_hash(model_id, name, settings)}"
+    return Path(root) / "cells" / _safe(name) / _safe(concept) / f"seed{seed}-{settings_hash(model_id, name, settings)}"
 
 
 def ensure_cell(folder: Path, model: str, label: str, concept: str, seed: int, overrides: dict | None = None, *,
                 forget_samples: int = 16, retain_samples: int = 4, ctx: RunContext | None = None) -> Path:
     """The cell's run folder: made by the ordinary run path (prepare, execute) unless it is already there."""
-    from ..run import RunRequest, execute, prepare
+    from ..models.catalog import resolve
+    from ..runner import RunRequest, execute, prepare
 
     folder = Path(folder)
     if (folder / "run.json").is_file() and (folder / "edit.safetensors").is_file():
         return folder
-    name, variant = method_variant(label)
+    name, variant = method_variant(label, resolve(model)[0])
     request = RunRequest(model=model, method=name, forget=[concept], settings={**variant, **(overrides or {})}, seed=seed,
                          forget_samples=forget_samples, retain_samples=retain_samples)
     run = prepare(request, LOCAL)
@@ -94,7 +102,7 @@ def ensure_cell(folder: Path, model: str, label: str, concept: str, seed: int, o
 def measure_cell(folder: Path, measures: Sequence[str] = MEASURES, attack_overrides: dict[str, dict] | None = None,
                  relearn_overrides: dict | None = None) -> None:
     """Run the missing measurements of one cell (each writes its own file; present ones are kept)."""
-    from .adversarial import default_out, execute_attack, prepare_attack
+    from ..attacks.adversarial import default_out, execute_attack, prepare_attack
 
     for kind in measures:
         if kind == "relearn":
@@ -107,11 +115,10 @@ def measure_cell(folder: Path, measures: Sequence[str] = MEASURES, attack_overri
 
 def relearn_2shot(folder: Path, overrides: dict) -> dict:
     """The few-shot relearning attack on the cell's edit (attacks/relearn.py), report written to relearn-2shot.json."""
+    from ..attacks.relearn import relearn, relearn_report, relearn_settings
     from ..edit import Edit
     from ..models.catalog import resolve
-    from ..run import prepare
-    from ..runs import read_request
-    from .relearn import relearn, relearn_report, relearn_settings
+    from ..runner import prepare, read_request
 
     request = read_request(folder)
     run = prepare(request, LOCAL)
@@ -209,26 +216,63 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def format_leaderboard(summary: Sequence[dict], n_forget: int | None = None) -> str:
-    """The leaderboard as Markdown: means over concepts (95 % interval half-widths where there are 3 or more)."""
-    def cell(entry: dict, key: str, fmt: str = "{:.2f}") -> str:
-        v = entry.get(key)
-        if v is None:
-            return "n/a"
-        text = fmt.format(v["mean"])
-        if v.get("ci95"):
-            text += f" ± {(v['ci95'][1] - v['ci95'][0]) / 2:{fmt[2:-1]}}"
-        return text
+# The issue's question: does an attack revive closed-form erasures (one linear solve of the cross-attention
+# projections, no training) more than trained ones? Every other method of the leaderboard trains.
+CLOSED_FORM = ("uce", "scapre")
+BY_KIND_KEYS = ("ua", "uda_before", "uda_after", "uda_revival", "inversion_after", "relearn_forget")
 
+
+def by_kind(rows: Sequence[dict]) -> list[dict]:
+    """Each measurement pooled over the cells of the closed-form methods and of the trained ones (mean, 95 %
+    t-interval over cells); ``uda_revival`` = ASR after - ASR before UnlearnDiffAtk, per cell."""
+    out = []
+    for kind, closed in (("closed-form", True), ("trained", False)):
+        mine = [{**r, "uda_revival": None if r.get("uda_after") is None or r.get("uda_before") is None
+                 else r["uda_after"] - r["uda_before"]}
+                for r in rows if (method_variant(r["method"])[0] in CLOSED_FORM) == closed]
+        if not mine:
+            continue
+        entry: dict = {"kind": kind, "methods": list(dict.fromkeys(r["method"] for r in mine)), "cells": len(mine)}
+        for key in BY_KIND_KEYS:
+            values = [r[key] for r in mine if r.get(key) is not None]
+            if values:
+                mean, low, high = mean_interval(values)
+                entry[key] = {"mean": mean, "ci95": None if low is None else [low, high], "n": len(values)}
+        out.append(entry)
+    return out
+
+
+def _mean_text(entry: dict, key: str, fmt: str = "{:.2f}") -> str:
+    """'0.42 ± 0.10' (mean ± half the 95 % interval) or 'n/a'."""
+    v = entry.get(key)
+    if v is None:
+        return "n/a"
+    text = fmt.format(v["mean"])
+    if v.get("ci95"):
+        text += f" ± {(v['ci95'][1] - v['ci95'][0]) / 2:{fmt[2:-1]}}"
+    return text
+
+
+def format_by_kind(kinds: Sequence[dict]) -> str:
+    lines = ["| kind | methods | cells | UA | UDA before | UDA after | revival (after − before) | inversion ASR | "
+             "forget after 2-shot relearning |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in kinds:
+        lines.append(f"| {e['kind']} | {', '.join(e['methods'])} | {e['cells']} | "
+                     + " | ".join(_mean_text(e, k) for k in BY_KIND_KEYS) + " |")
+    return "\n".join(lines)
+
+
+def format_leaderboard(summary: Sequence[dict]) -> str:
+    """The leaderboard as Markdown: means over concepts (95 % interval half-widths where there are 3 or more)."""
     lines = ["| method | UA ↑ | ASR before → after UnlearnDiffAtk ↓ | inversion ASR ↓ | forget after 2-shot relearning ↓ | "
              "retain acc. ↑ | evaluator-FID ↓ | worst concept (UDA after) | concepts |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for e in summary:
         worst = e.get("worst_concept") or {}
         worst_text = f"{worst['concept']} ({worst['uda_after']:.2f})" if worst else "n/a"
-        lines.append(f"| {e['method']} | {cell(e, 'ua')} | {cell(e, 'uda_before')} → {cell(e, 'uda_after')} | "
-                     f"{cell(e, 'inversion_after')} | {cell(e, 'relearn_forget')} | {cell(e, 'retain')} | "
-                     f"{cell(e, 'fid', '{:.1f}')} | {worst_text} | {len(e['concepts'])} |")
+        lines.append(f"| {e['method']} | {_mean_text(e, 'ua')} | {_mean_text(e, 'uda_before')} → {_mean_text(e, 'uda_after')} | "
+                     f"{_mean_text(e, 'inversion_after')} | {_mean_text(e, 'relearn_forget')} | {_mean_text(e, 'retain')} | "
+                     f"{_mean_text(e, 'fid', '{:.1f}')} | {worst_text} | {len(e['concepts'])} |")
     return "\n".join(lines)
 
 
@@ -238,5 +282,5 @@ def save_results(rows: Sequence[dict], cfg: RobustnessConfig) -> Path:
                "forget_samples": cfg.forget_samples, "retain_samples": cfg.retain_samples,
                "relearn": {**RELEARN_2SHOT, **cfg.relearn_overrides},
                "overrides": cfg.overrides, "attack_overrides": cfg.attack_overrides,
-               "rows": list(rows), "summary": summarise(rows)}
+               "rows": list(rows), "summary": summarise(rows), "by_kind": by_kind(rows)}
     return write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
