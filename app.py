@@ -18,6 +18,7 @@ from unlearning.hosting.profile import get_profile, install_log_redaction, use_p
 from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from unlearning.methods import METHODS, methods_for
 from unlearning.threads import configure_threads
+from unlearning.ui import attack as ui_attack
 from unlearning.ui import relearn as ui_relearn
 from unlearning.ui import unlearn as ui
 from unlearning.ui import zero123 as ui_zero123
@@ -148,6 +149,8 @@ def build_demo() -> gr.Blocks:
                                                   info="0 = benign fine-tune (ResAlign's test); k > 0 = few-shot relearning, a stronger attack")
                         relearn_table = gr.Markdown("")
                         relearn_history = gr.State([])
+                        with gr.Accordion("Attack: does the concept come back under an adversarial prompt?", open=True):
+                            ui_attack.build_panel(folder_state)
 
             with gr.Tab("Scaling: many concepts at once"):
                 gr.Markdown(ui.SCALING_INTRO)

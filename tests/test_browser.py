@@ -149,6 +149,40 @@ def pick(page, label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
+def test_attack_panel_after_a_run(page, artifacts_dir):
+    """A fast digits run, then the Attack panel: UnlearnDiffAtk with a tiny budget typed into its settings box fills
+    the loss curve, the three image rows and the ASR table; prompt replay on a digits run says why it cannot run."""
+    from playwright.sync_api import expect
+
+    open_accordions(page)
+    for label, value in FAST_FORM.items():
+        set_number(page, label, value)
+    unlearn_button(page).click()
+    expect(page.get_by_text("Done.", exact=True)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+
+    settings = page.get_by_label("attack settings", exact=True)
+    settings.fill("samples=2, timesteps=2, iterations=3, num_inference_steps=3")
+    settings.press("Tab")
+    page.get_by_role("button", name="Attack the unlearned model").click()
+    expect(page.get_by_text("Rows: original, unlearned, unlearned under attack", exact=False)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    img = image_block(page, "attack: original (top)").locator("img")
+    expect(img).to_have_attribute("src", re.compile(r"/gradio_api/file=.+attack_grid\.png"))
+    assert img.evaluate("e => e.complete && e.naturalWidth > 0"), "attack grid not rendered"
+    expect(page.get_by_role("cell", name="UnlearnDiffAtk (adversarial prompt)")).to_be_visible()
+    expect(page.get_by_text("Attack loss")).to_be_visible()
+    expect(error_toasts(page)).to_have_count(0)
+    page.wait_for_timeout(800)  # let the loss curve draw
+    shot = artifacts_dir / "attack_panel.png"
+    shot.unlink(missing_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.is_file() and shot.stat().st_size > 50_000
+
+    pick(page, "attack", "Prompt-set replay (I2P / Ring-A-Bell / P4D files)")
+    page.get_by_role("button", name="Attack the unlearned model").click()
+    expect(page.get_by_text("does not support class-conditional models", exact=False)).to_be_visible()
+    expect(page.get_by_role("cell", name="UnlearnDiffAtk (adversarial prompt)")).to_be_visible()  # the table keeps its row
+
+
 def test_text_to_image_run_in_the_browser(page, artifacts_dir):
     """shapes-sd, UCE, two concepts typed into the forget box (one with an anchor), a screenshot."""
     from playwright.sync_api import expect

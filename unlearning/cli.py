@@ -2,12 +2,14 @@
 
     python -m unlearning run --model digits --method esd --forget 3 --out DIR [--set key=value ...]
     python -m unlearning relearn --run DIR [--set key=value ...]
+    python -m unlearning attack --run DIR --kind unlearndiffatk|inversion|prompts [--prompts FILE] [--out DIR2] [--set key=value ...]
     python -m unlearning export --run DIR --out MODEL_DIR      (full diffusers folder of the unlearned model)
     python -m unlearning export --run DIR --out FILE --format delta|lora [--rank N]
     python -m unlearning export --run DIR --out DIR --format bundle [--push-to-hub owner/name]
     python -m unlearning bench scaling [--counts 1,2,4,8,16,32,64] [--methods speed,mace,rece,uce,scapre,esd]
     python -m unlearning bench vdu [--model digits] [--forget 3] [--methods vdu,ga,esd,salun] [--checkpoints 2,3,5] [--iterations 5,10]
     python -m unlearning bench speed [--parts esd,press] [--model digits,shapes-sd]
+    python -m unlearning bench robustness [--model shapes-sd] --methods esd-x,esd-u,uce,... --concepts star,triangle [--set METHOD.KEY=VALUE]
     python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
     python -m unlearning run --model shapes-3d --method skip3d --forget "blue pyramid" --anchor "blue cube" --preserve "red sphere,green cylinder" --out DIR
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
@@ -103,6 +105,27 @@ def cmd_relearn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    """An adversarial attack on a finished run: attack.json, the adversarial prompt / embedding, three image rows."""
+    from .attacks.adversarial import execute_attack, format_attack, prepare_attack
+    from .methods.base import RunContext
+
+    prepared = prepare_attack(args.run, args.kind, prompts_file=args.prompts, overrides=_parse_sets(args.set), out=args.out,
+                              device=args.device)
+    print(f"{prepared.spec.label} on {prepared.run['model']}: {prepared.run['edit_method'] or prepared.run['method']} edit "
+          f"forgetting {', '.join(prepared.task.forget)}, {len(prepared.items)} prompts", file=sys.stderr)
+
+    def on_step(report) -> None:
+        if report.step == report.total or report.step % max(1, report.total // 10) == 0:
+            print(f"  step {report.step}/{report.total}  loss {report.loss:.4f}", file=sys.stderr)
+
+    result, folder = execute_attack(prepared, RunContext(on_step))
+    print(format_attack(result))
+    print(f"written to {folder}", file=sys.stderr)
+    return 0
+
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export
     from .hosting.profile import get_profile
@@ -146,6 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_vdu(args)
     if args.which == "speed":
         return cmd_bench_speed(args)
+    if args.which == "robustness":
+        return cmd_bench_robustness(args)
     from .benchmarks.scaling import DEFAULT_METHODS, RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     counts = tuple(_ints(args.counts, "--counts"))
@@ -161,6 +186,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"({row['seconds']:.2f} s)", file=sys.stderr)
     path = save_results(rows, cfg, Path(args.out) if args.out else RESULTS)
     print(format_table(rows))
+    print(f"written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_robustness(args: argparse.Namespace) -> int:
+    """The resilience leaderboard: methods x concepts, each cell a run folder with its attacks beside it."""
+    from .attacks.adversarial import ATTACKS
+    from .benchmarks import robustness as R
+    from .errors import InputError
+
+    if not args.concepts:
+        raise InputError("name the concepts with --concepts (e.g. star,triangle,cross,diamond on shapes-sd; 0,3,5,8 on digits).")
+    overrides: dict[str, dict] = {}
+    attack_overrides: dict[str, dict] = {}
+    relearn: dict = {}
+    for key, value in _parse_sets(args.set).items():
+        owner, _, name = key.partition(".")
+        if not name:
+            raise InputError(f"--set for the robustness bench is METHOD.KEY=VALUE or ATTACK.KEY=VALUE (e.g. "
+                             f"unlearndiffatk.iterations=20), got '{key}'.")
+        if owner == "relearn":
+            relearn[name] = value
+        else:
+            (attack_overrides if owner in ATTACKS else overrides).setdefault(owner, {})[name] = value
+    model = args.model or "shapes-sd"
+    methods = tuple(m.strip() for m in (args.methods or ",".join(R.DEFAULT_METHODS)).split(",") if m.strip())
+    cfg = R.RobustnessConfig(model=model, methods=methods, concepts=tuple(c.strip() for c in args.concepts.split(",") if c.strip()),
+                             seed=args.seed, out=Path(args.out) if args.out else Path("runs") / "robustness" / Path(model).name,
+                             overrides=overrides, attack_overrides=attack_overrides, relearn_overrides=relearn,
+                             forget_samples=args.forget_samples or 16, retain_samples=args.retain_samples or 4)
+    rows = []
+    for row in R.run_robustness(cfg, on_cell=lambda text: print(f"  {text}", file=sys.stderr, flush=True)):
+        rows.append(row)
+        print(f"  {row['method']} / {row['concept']}: UA {row['ua']}, UDA {row['uda_before']} -> {row['uda_after']}, "
+              f"inversion {row['inversion_after']}, relearn {row['relearn_forget']} ({row['cell_s']:.0f} s)", file=sys.stderr, flush=True)
+    path = R.save_results(rows, cfg)
+    print(R.format_leaderboard(R.summarise(rows)))
+    if len(kinds := R.by_kind(rows)) > 1:
+        print("\nClosed-form vs trained erasures, pooled over their cells:\n" + R.format_by_kind(kinds))
     print(f"written to {path}", file=sys.stderr)
     return 0
 
@@ -200,6 +264,7 @@ def cmd_bench_vdu(args: argparse.Namespace) -> int:
     rows_to_run = D.variants([m.strip() for m in (args.methods or ",".join(D.METHODS)).split(",") if m.strip()],
                              _ints(args.checkpoints, "--checkpoints"), _ints(args.iterations, "--iterations"), overrides,
                              forget_size=args.forget_size)
+    args.forget_samples, args.retain_samples = args.forget_samples or 32, args.retain_samples or 8
     print(f"{model}: forget {forget}, {len(task.retain)} retained concepts, seed {args.seed}, {len(rows_to_run)} runs", file=sys.stderr)
     rows = []
     for row in D.run_comparison(adapter, model_id, task, rows_to_run, forget_samples=args.forget_samples,
@@ -226,7 +291,8 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
     models = [m.strip() for m in (args.model or "digits,shapes-sd").split(",") if m.strip()]
     if bad := sorted(set(models) - set(speed.OLD_TUNED)):
         raise InputError(f"bench speed measures the embedded twins {', '.join(speed.OLD_TUNED)}; got {', '.join(bad)}.")
-    result = speed.run_speed(parts, models, seed=args.seed, forget_samples=args.forget_samples, retain_samples=args.retain_samples)
+    result = speed.run_speed(parts, models, seed=args.seed, forget_samples=args.forget_samples or 32,
+                             retain_samples=args.retain_samples or 8)
     print(speed.format_tables(result))
     print(f"written to {speed.save(result, Path(args.out) if args.out else speed.RESULTS)}", file=sys.stderr)
     return 0
@@ -347,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     relearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a relearning setting")
     relearn.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
     relearn.set_defaults(func=cmd_relearn)
+    attack = sub.add_parser("attack", help="adversarial attack on a run's unlearned model: UnlearnDiffAtk, concept inversion "
+                            "or a prompt file; writes attack.json, the adversarial prompt / embedding and three image rows")
+    attack.add_argument("--run", required=True, help="run folder written by 'run --out' (run.json + edit.safetensors)")
+    attack.add_argument("--kind", required=True, help="unlearndiffatk, inversion or prompts")
+    attack.add_argument("--prompts", default=None, help="prompts: a CSV with prompt and seed columns (I2P / Ring-A-Bell / P4D); "
+                        "optional on a model with a built-in prompt set (shapes-sd)")
+    attack.add_argument("--out", default=None, help="folder to write (default: <run>/attack-<kind>)")
+    attack.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an attack setting")
+    attack.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
+    attack.set_defaults(func=cmd_attack)
     export = sub.add_parser("export", help="write a run's unlearned model as a full diffusers folder")
     export.add_argument("--run", required=True, help="run folder written by 'run --out'")
     export.add_argument("--out", required=True, help="new folder (diffusers, bundle; must not exist or be empty) or file (delta, lora)")
@@ -359,23 +435,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
     bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..64 concepts with several methods; "
                            "'classifier' = classifier unlearning (UAM's setting) vs retraining; 'speed' = ESD's cached "
-                           "trajectories vs the reference, and the app's first press")
-    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "speed"])
-    bench.add_argument("--model", default=None, help="scaling: default shapes-sd; vdu: default digits; speed: default "
-                       "digits,shapes-sd")
+                           "trajectories vs the reference, and the app's first press; 'robustness' = attacks and relearning "
+                           "on unlearned models")
+    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "speed", "robustness"])
+    bench.add_argument("--model", default=None, help="scaling, robustness: default shapes-sd; vdu: default digits; speed: "
+                       "default digits,shapes-sd")
     bench.add_argument("--parts", default=None, help="speed: esd and / or press (default both)")
+    bench.add_argument("--concepts", default=None, help="robustness: concepts, each unlearned on its own (e.g. star,triangle)")
     bench.add_argument("--counts", default="1,2,4,8,16,32,64")
     bench.add_argument("--methods", default=None, help="scaling: default speed,mace,rece,uce,scapre,esd (ESD-x up to 16); "
-                       "vdu: default vdu,ga,esd,salun")
+                       "vdu: default vdu,ga,esd,salun; robustness: default esd-x,esd-u,uce,scapre,salun,resalign,advunlearn")
     bench.add_argument("--forget", default=None, help="vdu: concept(s) to forget (default 3 on digits)")
     bench.add_argument("--checkpoints", default="2,3,5", help="vdu: VDU rows with these K (final weights + K - 1 snapshots)")
     bench.add_argument("--iterations", default="", help="vdu: also sweep VDU and gradient ascent over these step counts")
     bench.add_argument("--forget-size", type=int, default=None, help="vdu: images in the forget subset (default: VDU's tuned value)")
-    bench.add_argument("--forget-samples", type=int, default=32, help="vdu, speed: comparison samples of the forget concept")
-    bench.add_argument("--retain-samples", type=int, default=8, help="vdu, speed: comparison samples per retained concept")
+    bench.add_argument("--forget-samples", type=int, default=None, help="vdu, speed, robustness: comparison samples of the "
+                       "forget concept (default 32, 32, 16)")
+    bench.add_argument("--retain-samples", type=int, default=None, help="vdu, speed, robustness: comparison samples per "
+                       "retained concept (default 8, 8, 4)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--out", default=None, help="results JSON (scaling: default bench/results/scaling.json)")
+    bench.add_argument("--out", default=None, help="results JSON (scaling: default bench/results/scaling.json); robustness: "
+                       "the folder of cells and robustness.json (default runs/robustness/<model>)")
     bench.add_argument("--scenario", default="class", help="classifier: 'class' (forget a class) or 'random' (random samples)")
     bench.add_argument("--forget-class", type=int, default=3, help="classifier, class-wise: the class to forget")
     bench.add_argument("--fraction", type=float, default=0.1, help="classifier, random: share of the training split to forget")

@@ -166,7 +166,8 @@ def generate_plan(adapter: FamilyAdapter, unet: torch.nn.Module, plan: Compariso
 
 
 def _generate(adapter: FamilyAdapter, unet: torch.nn.Module, plan: ComparisonPlan, start: int) -> torch.Tensor:
-    """The images of the plan's batch starting at item ``start``, from one UNet."""
+    """The images of the plan's batch starting at item ``start``, from one UNet (``adapter``: the model's conditioning,
+    an edited one where the edit changed the text encoder)."""
     batch = plan.items[start : start + plan.batch_size]
     return adapter.generate([c for _, c, _ in batch], [s for _, _, s in batch], unet=unet,
                             num_inference_steps=plan.num_inference_steps, guidance_scale=plan.guidance_scale,
@@ -174,16 +175,17 @@ def _generate(adapter: FamilyAdapter, unet: torch.nn.Module, plan: ComparisonPla
 
 
 def iter_comparison(adapter: FamilyAdapter, edited_unet: torch.nn.Module, plan: ComparisonPlan,
-                    task: UnlearnTask, unlearn_s: float | None = None, method_timings: dict | None = None
-                    ) -> Iterator[ComparisonState]:
+                    task: UnlearnTask, unlearn_s: float | None = None, method_timings: dict | None = None,
+                    edited_adapter: FamilyAdapter | None = None) -> Iterator[ComparisonState]:
     """Generate batch by batch, yielding the growing state with fresh metrics after each batch (and, for a view
     plan with ``sampling_skips``, once more with the sampling table). ``method_timings``: the Edit's timings,
-    recorded beside the sampling times."""
+    recorded beside the sampling times. ``edited_adapter``: the unlearned model's conditioning where the edit
+    changed the text encoder (``adapter.edited(edit)``); default ``adapter``."""
     state = ComparisonState(plan)
     for start in range(0, len(plan.items), plan.batch_size):
-        for name, unet in (("original", adapter.unet), ("unlearned", edited_unet)):
+        for name, model, unet in (("original", adapter, adapter.unet), ("unlearned", edited_adapter or adapter, edited_unet)):
             t0 = time.perf_counter()
-            images = _generate(adapter, unet, plan, start)
+            images = _generate(model, unet, plan, start)
             state.seconds[name] += time.perf_counter() - t0
             getattr(state, name).extend(images)
         state.metrics = score(adapter, state, task, unlearn_s, method_timings)

@@ -14,6 +14,8 @@ settings. ``apply_to_copy`` / ``applied`` attach that rule to the UNet they hand
 :data:`SAMPLING_RULE`), and the family adapter's sampling loop follows it, so the comparison engine,
 the benchmarks and the relearning test treat such a model like any other edited model. Exports say
 that the rule is a pipeline setting, not weights.
+Names are the UNet's parameter names; names under ``text_encoder.`` or ``label_encoder.`` belong to the
+conditioner (AdvUnlearn trains the text encoder), and ``FamilyAdapter.edited(edit)`` applies both parts.
 
 Saved as safetensors (changed tensors only) with the method, its settings and the base model's
 identity in the metadata, written atomically (temp file + rename).
@@ -22,6 +24,7 @@ identity in the metadata, written atomically (temp file + rename).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -51,6 +54,8 @@ def sampling_rule_factory(method: str) -> Callable:
         raise InputError(f"this model carries a '{method}' sampling rule but no method registered it; "
                          "import unlearning.methods first (its registry registers every sampling-time method).")
     return _SAMPLING_RULES[method]
+# Parameter names of an edit that belong to the conditioner rather than the UNet (AdvUnlearn edits the text encoder).
+CONDITIONER_PREFIXES = ("text_encoder.", "label_encoder.")
 
 
 @dataclass
@@ -87,10 +92,32 @@ class Edit:
                 changed[name] = new.to("cpu", torch.float32).clone()
         return cls(params=changed, **info)
 
+    # ---- parts: the UNet's parameters (no prefix) and a conditioner's ("text_encoder.", "label_encoder.") ----
+    def prefixed(self, prefix: str) -> Edit:
+        """The same edit with every parameter name under ``prefix.`` (an edit of the text encoder, say)."""
+        return dataclasses.replace(self, params={f"{prefix}.{n}": v for n, v in self.params.items()})
+
+    def split(self, prefix: str) -> tuple[Edit, Edit]:
+        """(the part without a conditioner prefix, i.e. the UNet's; the part under ``prefix.``, prefix removed)."""
+        head = f"{prefix}."
+        unet = {n: v for n, v in self.params.items() if not n.startswith(CONDITIONER_PREFIXES)}
+        cond = {n[len(head):]: v for n, v in self.params.items() if prefix and n.startswith(head)}
+        if other := sorted(n for n in self.params if n.startswith(CONDITIONER_PREFIXES) and not n.startswith(head)):
+            raise InputError(f"this edit changes '{other[0]}', which this model does not have: it was made for another model.")
+        return dataclasses.replace(self, params=unet), dataclasses.replace(self, params=cond)
+
+    @property
+    def changes_conditioner(self) -> bool:
+        """True when the edit changes the text encoder or label table, not only the UNet (AdvUnlearn)."""
+        return any(n.startswith(CONDITIONER_PREFIXES) for n in self.params)
+
     # ---- applying -----------------------------------------------------------------------------
     def check_compatible(self, module: nn.Module) -> None:
         own = dict(module.named_parameters())
         for name, value in self.params.items():
+            if name not in own and name.startswith(CONDITIONER_PREFIXES):
+                raise InputError(f"this {self.method or ''} edit also changes the model's {name.split('.')[0].replace('_', ' ')}, "
+                                 "which this step cannot apply (it handles UNet edits only).")
             if name not in own:
                 raise InputError(f"this edit changes '{name}', which the model does not have: it was made for another model.")
             if own[name].shape != value.shape:

@@ -61,13 +61,13 @@ def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Pat
     """The unlearned model as a full diffusers folder at ``out`` (atomic); returns the path."""
     out = Path(out)
     _check_destination(out)
-    edited = edit.apply_to_copy(adapter.unet)  # the base UNet is never touched
+    model, edited = adapter.edited(edit)  # copies: the base UNet and text encoder are never touched
     with atomic_dir(out) as tmp:
         if adapter.family == "stable-diffusion":
             from diffusers import StableDiffusionPipeline
 
             pipe = StableDiffusionPipeline(
-                vae=adapter.vae, text_encoder=adapter.text_encoder, tokenizer=adapter.tokenizer, unet=edited,
+                vae=adapter.vae, text_encoder=model.text_encoder, tokenizer=adapter.tokenizer, unet=edited,
                 scheduler=adapter.pipeline_scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             )
@@ -76,10 +76,13 @@ def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Pat
             adapter.with_unet(edited).write_components(tmp, extra_index={"_unlearning_edit": edit.method})
         else:
             source = Path(adapter.source)
+            changed = {"unet", model.conditioner_name} if model is not adapter else {"unet"}
             for item in source.iterdir():
-                if item.name not in {"unet", "README.md", "training_report.json"}:
+                if item.name not in {*changed, "README.md", "training_report.json"}:
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
             edited.save_pretrained(tmp / "unet", safe_serialization=True)
+            if model is not adapter:  # AdvUnlearn: the edited label table
+                model.conditioner.save_pretrained(tmp / model.conditioner_name, safe_serialization=True)
         source = Path(str(adapter.source))
         if source.is_dir():  # keep what the app needs to score the exported model like its base
             for extra in ("evaluator", "twin.json"):
@@ -98,13 +101,16 @@ DELTA_FORMAT = "unlearning-lab delta: new - base of changed parameters (float32)
 
 
 def export_delta(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Path:
-    """``new - base`` for every changed UNet parameter, as a safetensors file (atomic)."""
+    """``new - base`` for every changed parameter (UNet; a text encoder's under its prefix), as safetensors (atomic)."""
     from safetensors.torch import save_file
 
     if note := pipeline_setting_note(edit):
         raise InputError(f"nothing to write as a delta. {note}")
-    edit.check_compatible(adapter.unet)
-    deltas = edit.deltas(adapter.unet)
+    unet_part, cond_part = edit.split(adapter.conditioner_name)  # AdvUnlearn's text-encoder part keeps its prefix
+    for part, module in ((unet_part, adapter.unet), (cond_part, adapter.conditioner)):
+        part.check_compatible(module)
+    deltas = {**unet_part.deltas(adapter.unet),
+              **{f"{adapter.conditioner_name}.{n}": d for n, d in cond_part.deltas(adapter.conditioner).items()}}
     metadata = {"format": DELTA_FORMAT, "method": edit.method, "base": json.dumps(edit.base, default=str),
                 "settings": json.dumps(edit.settings, default=str)}
     with atomic_file(out) as tmp:

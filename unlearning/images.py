@@ -23,17 +23,23 @@ def pair_grid(original: Sequence[torch.Tensor], unlearned: Sequence[torch.Tensor
 
     Rows come in pairs (original, unlearned) made from the same seeds; a wider band separates pairs.
     """
-    n = len(original)
+    return row_grid([original, unlearned], columns, tile, gap, band)
+
+
+def row_grid(rows: Sequence[Sequence[torch.Tensor]], columns: int, tile: int = 64, gap: int = 4, band: int = 10) -> Image.Image:
+    """Several aligned rows (e.g. original / unlearned / unlearned under attack, same seeds), stacked for each
+    block of ``columns`` samples; a wider band separates the blocks."""
+    n, r = len(rows[0]), len(rows)
     blocks = max(1, -(-n // columns))
     width = columns * tile + (columns - 1) * gap
-    height = blocks * (2 * tile + gap) + (blocks - 1) * band
+    height = blocks * (r * tile + (r - 1) * gap) + (blocks - 1) * band
     canvas = Image.new("RGB", (width, height), (200, 200, 200))
     for i in range(n):
         block, col = divmod(i, columns)
         x = col * (tile + gap)
-        y = block * (2 * tile + gap + band)
-        for row, img in enumerate((original[i], unlearned[i])):
-            canvas.paste(to_pil(img, tile).convert("RGB").resize((tile, tile), Image.NEAREST), (x, y + row * (tile + gap)))
+        y = block * (r * tile + (r - 1) * gap + band)
+        for row, images in enumerate(rows):
+            canvas.paste(to_pil(images[i], tile).convert("RGB").resize((tile, tile), Image.NEAREST), (x, y + row * (tile + gap)))
     return canvas
 
 

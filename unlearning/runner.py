@@ -223,9 +223,10 @@ def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Eve
             raise result["error"]
         edit: Edit = result["edit"]
         yield RunEvent("edit", edit=edit, loss_log=loss_log)
-        edited = edit.apply_to_copy(run.adapter.unet)
+        edited_adapter, edited = run.adapter.edited(edit)
         state = None
-        for state in iter_comparison(run.adapter, edited, run.plan, run.task, edit.timings.get("unlearn_s"), edit.timings):
+        for state in iter_comparison(run.adapter, edited, run.plan, run.task, edit.timings.get("unlearn_s"), edit.timings,
+                                     edited_adapter=edited_adapter):
             if cancel.is_set():
                 raise UnlearningError("the run was cancelled.")
             yield RunEvent("compare", state=state, edit=edit, loss_log=loss_log)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..compare import ComparisonState, generate_plan, plan_comparison, score
-from ..edit import Edit
+from ..edit import CONDITIONER_PREFIXES, Edit
 from ..errors import DivergedError, InputError
 from ..methods.base import ConceptPool, RunContext, UnlearnTask, build_settings, denoising_loss, setting
 from ..methods.resalign import LORA_TARGETS, inject_lora  # noqa: F401 (LORA_TARGETS: re-exported)
@@ -91,8 +91,10 @@ class RelearnResult:
 # ---- the fine-tune -------------------------------------------------------------------------------
 
 def unlearned_copy(adapter: FamilyAdapter, edit: Edit) -> torch.nn.Module:
-    """theta_u: a float32 copy of the base with the edit applied; the cached base is not touched."""
+    """theta_u's UNet: a float32 copy of the base with the edit's UNet part applied; the cached base is not touched.
+    (An edit of the text encoder, AdvUnlearn's, reaches the fine-tune through ``adapter.edited(edit)``'s conditions.)"""
     unet = adapter.frozen_copy_for_training()
+    edit, _ = edit.split(adapter.conditioner_name)
     edit.check_compatible(unet)
     own = dict(unet.named_parameters())
     with torch.no_grad():
@@ -111,7 +113,9 @@ def relearn(adapter: FamilyAdapter, edit: Edit, task: UnlearnTask, settings: Rel
     """Fine-tune theta_u on benign data only; return theta_ft as an Edit relative to the base."""
     ctx = ctx or RunContext()
     started = time.perf_counter()
-    # 1. benign data: retained concepts with their own labels, never the forgotten one
+    base = adapter
+    adapter = adapter.conditioned_by(edit)
+    # 1. benign data: retained concepts with their own labels, never the forgotten one (conditioned by theta_u's encoder)
     benign = settings.benign_concepts(task)
     benign = [adapter.validate_concept(c) for c in benign] if adapter.concepts() else benign
     pool = ConceptPool.build(adapter, benign, settings.data_size, task.seed + 101)
@@ -157,11 +161,13 @@ def relearn(adapter: FamilyAdapter, edit: Edit, task: UnlearnTask, settings: Rel
                 own[f"{name}.weight"].copy_(merged)
     # 5. theta_ft relative to the base (includes the original edit's changes)
     result = Edit.from_trained(
-        adapter.unet, unet, [n for n, _ in unet.named_parameters()],
+        base.unet, unet, [n for n, _ in unet.named_parameters()],
         method=f"{edit.method}+relearn", settings={"relearn": dataclasses.asdict(settings), "edit": edit.settings},
         loss_log=loss_log, timings={"relearn_s": time.perf_counter() - started}, base=edit.base,
     )
     result.sampling = dict(edit.sampling)  # a sampling-time edit (SLD) still guides the fine-tuned weights
+    conditioner = {n: v for n, v in edit.params.items() if n.startswith(CONDITIONER_PREFIXES)}  # kept as the user got it
+    result.params.update(conditioner)
     return RelearnResult(edit=result, loss_log=loss_log, timings=dict(result.timings), benign=benign)
 
 
@@ -180,7 +186,7 @@ def relearn_report(adapter: FamilyAdapter, task: UnlearnTask, edit: Edit, relear
     original, t_orig = generate_plan(adapter, adapter.unet, plan)
     metrics = {}
     for key, e in (("unlearned", edit), ("relearned", relearned_edit)):
-        images, t = generate_plan(adapter, e.apply_to_copy(adapter.unet).eval(), plan)
+        images, t = generate_plan(*adapter.edited(e), plan)
         state = ComparisonState(plan, original=original, unlearned=images, seconds={"original": t_orig, "unlearned": t})
         metrics[key] = score(adapter, state, task)
 

@@ -130,7 +130,7 @@ def run_scaling(cfg: ScalingConfig) -> Iterator[dict]:
             t0 = time.perf_counter()
             edit = spec.unlearn(adapter, task, settings, RunContext())
             seconds = time.perf_counter() - t0
-            row, images = measure(adapter, edit.apply_to_copy(adapter.unet), order[:k], retain, cfg)
+            row, images = measure(*adapter.edited(edit), order[:k], retain, cfg)  # AdvUnlearn: its text encoder too
             row.update(method=method, k=k, seconds=seconds, seconds_per_concept=seconds / k,
                        closed_form_s=edit.timings.get("closed_form_s"),
                        ssim=M.ssim(images, base_rows[k][1]) if retain else None,

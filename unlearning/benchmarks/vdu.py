@@ -100,7 +100,7 @@ def run_comparison(adapter: FamilyAdapter, model_id: str | None, task: UnlearnTa
         t0 = time.perf_counter()
         edit = spec.unlearn(adapter, task, settings, ctx)
         unlearn_s = time.perf_counter() - t0
-        images, t = generate_plan(adapter, edit.apply_to_copy(adapter.unet).eval(), plan)
+        images, t = generate_plan(*adapter.edited(edit), plan)
         state = ComparisonState(plan, original=original, unlearned=images, seconds={"original": t_orig, "unlearned": t})
         metrics = score(adapter, state, task, unlearn_s)
         if first:

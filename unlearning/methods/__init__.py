@@ -15,7 +15,24 @@ from typing import Any
 
 from ..edit import register_sampling_rule
 from ..errors import InputError
-from . import ca, esd, finetune, fmn, gradient_ascent, mace, rece, resalign, salun, scapre, skip3d, sld, speed, uce, vdu
+from . import (
+    advunlearn,
+    ca,
+    esd,
+    finetune,
+    fmn,
+    gradient_ascent,
+    mace,
+    rece,
+    resalign,
+    salun,
+    scapre,
+    skip3d,
+    sld,
+    speed,
+    uce,
+    vdu,
+)
 from .base import build_settings, settings_fields
 
 
@@ -133,6 +150,22 @@ METHODS: dict[str, MethodSpec] = {
             tuned={twin: {"iterations": 40, "lr": 1e-2, "objective": "esd", "negative_guidance": 2.0, "batch_size": 16,
                           "data_size": 32, "ft_lrs": "1e-3,5e-4,1e-4", "ft_steps": "2,5,10", "ft_batch_size": 8}
                    for twin in ("digits", "shapes-sd")},
+        ),
+        MethodSpec(
+            name="advunlearn",
+            label="AdvUnlearn (adversarial training of the text encoder)",
+            summary="ESD's erasure trained against an inner attacker: each step first finds a soft prompt that brings the "
+            "concept back, then erases the concept under it, with a utility term on retained prompts. Trains the text "
+            "encoder (the label table on digits); the UNet is untouched.",
+            citation="Zhang et al., Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion "
+            "Models, NeurIPS 2024",
+            settings_cls=advunlearn.AdvUnlearnSettings,
+            unlearn=advunlearn.unlearn,
+            # twin scale (advunlearn.md's twin note: ~200 iterations, 40 warm-up, 5 attack steps). attack_lr keeps the paper's
+            # step relative to the token embeddings' scale (SD 1.4 std ~0.014 at 1e-3; shapes-sd's 0.022; the digits label
+            # table's 1.0); lr tuned on held-out concepts (bench/tune_robustness.py; docs/robustness.md)
+            tuned={"digits": {"iterations": 200, "warmup": 40, "attack_steps": 5, "lr": 1e-3, "attack_lr": 5e-2, "ddim_steps": 25},
+                   "shapes-sd": {"iterations": 200, "warmup": 40, "attack_steps": 5, "lr": 1e-3, "attack_lr": 1e-3, "ddim_steps": 25}},
         ),
         MethodSpec(
             name="uce",

@@ -69,6 +69,7 @@ class FamilyAdapter(ABC):
     """Base class of the model-family adapters. Subclasses load their components in ``__init__``."""
 
     family: str = ""
+    conditioner_name: str = ""  # attribute holding the module that turns a prompt into c (text encoder, label table)
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler  # training-time forward process (q(x_t | x_0))
     sampling: SamplingDefaults
@@ -94,6 +95,69 @@ class FamilyAdapter(ABC):
     @abstractmethod
     def validate_concept(self, concept: str) -> str:
         """Return the canonical concept or raise InputError saying what this model accepts."""
+
+    # ---- the conditioner: prompts -> token embeddings -> conditions (differentiable; attacks, AdvUnlearn) -------------
+    @property
+    def conditioner(self) -> torch.nn.Module:
+        """The module that turns a prompt into c: the text encoder (SD) or the label table (class-conditional)."""
+        return getattr(self, self.conditioner_name)
+
+    def with_conditioner(self, module: torch.nn.Module) -> FamilyAdapter:
+        """A view of this adapter whose conditions come from ``module`` (an edited copy of the conditioner).
+
+        The UNet, VAE, scheduler and evaluator are shared with this adapter; nothing is copied or changed.
+        """
+        view = copy.copy(self)
+        setattr(view, self.conditioner_name, module)
+        view._null = None  # the null condition depends on the conditioner
+        return view
+
+    def conditioned_by(self, edit) -> FamilyAdapter:
+        """This adapter, or a view of it whose conditions come from an edited copy of the conditioner when
+        ``edit`` changes it (AdvUnlearn trains the text encoder). The base weights are never touched."""
+        _, part = edit.split(self.conditioner_name)
+        if not part.params:
+            return self
+        conditioner = part.apply_to_copy(self.conditioner).eval()
+        for p in conditioner.parameters():
+            p.requires_grad_(False)
+        return self.with_conditioner(conditioner)
+
+    def edited(self, edit) -> tuple[FamilyAdapter, UNet2DConditionModel]:
+        """The unlearned model of an :class:`~unlearning.edit.Edit`: (adapter for its conditions, edited UNet copy).
+        For an edit of the UNet only, the adapter is this one."""
+        unet_part, _ = edit.split(self.conditioner_name)
+        return self.conditioned_by(edit), unet_part.apply_to_copy(self.unet).eval()
+
+    def prompt_inputs(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        """(B, T, D) token embeddings of prompts as they enter the conditioner, and each prompt's token count
+        (begin-of-sequence included; the positions after it are padding)."""
+        raise NotImplementedError(f"{self.family} models do not expose their token embeddings")
+
+    def encode_inputs(self, inputs: torch.Tensor, conditioner: torch.nn.Module | None = None) -> torch.Tensor:
+        """Conditions c (B, T, D_c) from token embeddings (B, T, D), differentiable in the embeddings and in the
+        conditioner's weights (``conditioner``: a trainable copy; default this adapter's own)."""
+        raise NotImplementedError(f"{self.family} models do not expose their token embeddings")
+
+    def insert_tokens(self, inputs: torch.Tensor, tokens: torch.Tensor, position: int = 1) -> torch.Tensor:
+        """``tokens`` (B, k, D) inserted into token embeddings (B, T, D) at ``position`` (1: right after the
+        begin-of-sequence token, UnlearnDiffAtk's prefix); a fixed-length family drops k trailing pads."""
+        out = torch.cat([inputs[:, :position], tokens.to(inputs.dtype), inputs[:, position:]], dim=1)
+        limit = self.max_tokens()
+        return out[:, :limit] if limit else out
+
+    def max_tokens(self) -> int | None:
+        """The fixed length of a condition in tokens (SD: the tokenizer's 77), None where it may grow."""
+        return None
+
+    def vocabulary_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V, D) embeddings of the tokens a prompt may be made of and their (V,) ids: the words of a text
+        encoder, the rows of a label table (with the null label)."""
+        raise NotImplementedError(f"{self.family} models do not expose their token embeddings")
+
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        """Token ids as text (for the adversarial prompt an attack found)."""
+        raise NotImplementedError(f"{self.family} models do not expose their token embeddings")
 
     # ---- prompt sets and recognition (closed-vocabulary defaults; open-vocabulary families override) ----
     def prompt_for(self, concept: str) -> str:
@@ -209,6 +273,8 @@ class FamilyAdapter(ABC):
         if guidance_scale == 1.0:
             return self.eps(unet, x_t, t, cond)
         null = self.null_condition(x_t.shape[0])
+        if null.shape[1] != cond.shape[1]:  # a condition with inserted tokens (an attack on a label model): two passes
+            return self.eps(unet, x_t, t, null) + guidance_scale * (self.eps(unet, x_t, t, cond) - self.eps(unet, x_t, t, null))
         eps_null, eps_cond = self.eps(unet, torch.cat([x_t, x_t]), t, torch.cat([null, cond])).chunk(2)
         return eps_null + guidance_scale * (eps_cond - eps_null)
 

@@ -25,6 +25,7 @@ from .label_encoder import LabelEncoder
 
 class ClassConditionalAdapter(FamilyAdapter):
     family = "class-conditional"
+    conditioner_name = "label_encoder"
 
     def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
         super().__init__(str(path), device, dtype)
@@ -77,6 +78,29 @@ class ClassConditionalAdapter(FamilyAdapter):
     def null_condition(self, batch_size: int) -> torch.Tensor:
         labels = torch.full((batch_size,), self.label_encoder.null_label, dtype=torch.long)
         return self.encode_labels(labels)
+
+    # ---- token embeddings: [BOS, label] before the label encoder's norm (attacks, AdvUnlearn) -----------
+    def prompt_inputs(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        labels = torch.tensor([self.label_of(c) for c in prompts], dtype=torch.long, device=self.device)
+        return self.label_encoder.tokens(labels).float(), [2] * len(prompts)
+
+    def encode_inputs(self, inputs: torch.Tensor, conditioner: torch.nn.Module | None = None) -> torch.Tensor:
+        encoder = conditioner if conditioner is not None else self.label_encoder
+        return encoder.norm(inputs.to(encoder.norm.weight.dtype)).to(self.dtype)
+
+    def vocabulary_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The label table: one row per class and the null label (searching it is enumerating the labels)."""
+        table = self.label_encoder.embedding.weight
+        return table.detach().float(), torch.arange(table.shape[0], device=self.device)
+
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        names = [*self.class_names, "<null>"]
+        return " ".join(names[int(i)] for i in ids)
+
+    def null_inputs(self, batch_size: int) -> torch.Tensor:
+        """(B, 2, D) token embeddings of the null label (a neutral starting point for a learned label)."""
+        labels = torch.full((batch_size,), self.label_encoder.null_label, dtype=torch.long, device=self.device)
+        return self.label_encoder.tokens(labels).float()
 
     def sample_shape(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size

@@ -30,7 +30,11 @@ class LabelEncoder(ModelMixin, ConfigMixin):
     def null_label(self) -> int:
         return self.config.num_classes
 
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        tokens = self.embedding(labels)[:, None, :]  # (B, 1, D)
+    def tokens(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, 2, D) token embeddings [BOS, label] before the norm (attacks insert tokens here)."""
+        label = self.embedding(labels)[:, None, :]  # (B, 1, D)
         bos = self.bos.expand(labels.shape[0], -1, -1)  # (B, 1, D)
-        return self.norm(torch.cat([bos, tokens], dim=1))  # (B, 2, D)
+        return torch.cat([bos, label], dim=1)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.tokens(labels))  # (B, 2, D)

@@ -42,6 +42,7 @@ def _article(word: str) -> str:
 
 class StableDiffusionAdapter(FamilyAdapter):
     family = "stable-diffusion"
+    conditioner_name = "text_encoder"
 
     def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32,
                  pipe: StableDiffusionPipeline | None = None):
@@ -153,6 +154,39 @@ class StableDiffusionAdapter(FamilyAdapter):
         if self._null is None:
             self._null = self.encode([""])
         return self._null.expand(batch_size, -1, -1)
+
+    # ---- token embeddings (attacks on the prompt, AdvUnlearn) -----------------------------------------
+    def _ids(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    def prompt_inputs(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        embeds = self.text_encoder.embeddings.token_embedding(self._ids(prompts))  # (B, 77, D)
+        lengths = [min(self.token_count(p), self.tokenizer.model_max_length) for p in prompts]
+        return embeds.float(), lengths
+
+    def encode_inputs(self, inputs: torch.Tensor, conditioner: torch.nn.Module | None = None) -> torch.Tensor:
+        """CLIPTextModel's forward from token embeddings instead of ids: + positions, causal encoder, final norm
+        (the per-token outputs SD feeds the UNet; the pooled output is not used)."""
+        from transformers.masking_utils import create_causal_mask
+
+        te = conditioner if conditioner is not None else self.text_encoder
+        hidden = te.embeddings(inputs_embeds=inputs.to(te.dtype))  # (B, T, D): token + position embeddings
+        mask = create_causal_mask(config=te.config, inputs_embeds=hidden, attention_mask=None, cache=None)
+        hidden = te.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+        return te.final_layer_norm(hidden).to(self.dtype)
+
+    def max_tokens(self) -> int | None:
+        return self.tokenizer.model_max_length
+
+    def vocabulary_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token but the special ones (begin / end of text, padding)."""
+        special = set(self.tokenizer.all_special_ids)
+        ids = torch.tensor([i for i in range(len(self.tokenizer)) if i not in special], device=self.device)
+        return self.text_encoder.embeddings.token_embedding.weight[ids].detach().float(), ids
+
+    def decode_tokens(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids]).strip()
 
     def token_positions(self, text: str, include_last: bool = True) -> list[int]:
         """Positions of the text's own tokens in its encoded prompt (after BOS), plus its EOS token,
