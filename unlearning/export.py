@@ -32,6 +32,7 @@ from .atomic import atomic_dir, atomic_file, write_text_atomic
 from .edit import Edit
 from .errors import InputError
 from .models.base import FamilyAdapter
+from .models.catalog import TEXT_TO_IMAGE
 
 
 def _check_destination(out: Path) -> None:
@@ -45,15 +46,8 @@ def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Pat
     _check_destination(out)
     edited = edit.apply_to_copy(adapter.unet)  # the base UNet is never touched
     with atomic_dir(out) as tmp:
-        if adapter.family == "stable-diffusion":
-            from diffusers import StableDiffusionPipeline
-
-            pipe = StableDiffusionPipeline(
-                vae=adapter.vae, text_encoder=adapter.text_encoder, tokenizer=adapter.tokenizer, unet=edited,
-                scheduler=adapter.pipeline_scheduler,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
-            pipe.save_pretrained(tmp, safe_serialization=True)
+        if adapter.family in TEXT_TO_IMAGE:  # StableDiffusionPipeline / StableDiffusionXLPipeline of the base's components
+            adapter.pipeline(edited).save_pretrained(tmp, safe_serialization=True)
         else:
             source = Path(adapter.source)
             for item in source.iterdir():
@@ -176,7 +170,7 @@ def export_lora(adapter: FamilyAdapter, edit: Edit, out: str | Path, rank: int |
     """
     from safetensors.torch import save_file
 
-    if adapter.family != "stable-diffusion":
+    if adapter.family not in TEXT_TO_IMAGE:
         raise InputError(f"a LoRA export is for Stable Diffusion models; this is a {adapter.family} model. "
                          "Export the delta or the full model instead.")
     edit.check_compatible(adapter.unet)

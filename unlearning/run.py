@@ -25,7 +25,7 @@ from .errors import InputError, UnlearningError
 from .methods import MethodSpec, get_method
 from .methods.base import RunContext, StepReport, UnlearnTask
 from .models.base import SAMPLERS, FamilyAdapter
-from .models.catalog import load_adapter, resolve
+from .models.catalog import TEXT_TO_IMAGE, load_adapter, resolve
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     if request.guidance_scale is not None and not 0 <= request.guidance_scale <= 50:
         raise InputError(f"guidance scale must be between 0 and 50; got {request.guidance_scale}.")
     prompts = [adapter.validate_concept(p) for p in _concepts(request.prompts) if p] if request.prompts else []
-    if adapter.family != "stable-diffusion" and prompts:
+    if adapter.family not in TEXT_TO_IMAGE and prompts:
         raise InputError("extra prompts need a text-to-image model; this model only knows its classes.")
 
     if request.sampler not in SAMPLERS:

@@ -15,6 +15,9 @@ from ..errors import InputError
 from . import esd, finetune, gradient_ascent, resalign, salun, scapre, uce, vdu
 from .base import build_settings, settings_fields
 
+SD = ("class-conditional", "stable-diffusion")
+WITH_XL = (*SD, "stable-diffusion-xl")  # methods rehearsed on SDXL's two text encoders and added embeddings
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -24,7 +27,7 @@ class MethodSpec:
     citation: str
     settings_cls: type
     unlearn: Callable
-    families: tuple[str, ...] = ("class-conditional", "stable-diffusion")
+    families: tuple[str, ...] = SD
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
     uses_anchor: bool = False
 
@@ -63,6 +66,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023",
             settings_cls=esd.ESDSettings,
             unlearn=esd.unlearn,
+            families=WITH_XL,
             tuned={"digits": {"iterations": 80, "lr": 1e-3, "ddim_steps": 25, "batch_size": 2, "start_guidance": 2.0},
                    "shapes-sd": {"iterations": 60, "lr": 1e-3, "ddim_steps": 25, "batch_size": 2, "start_guidance": 3.0}},
             uses_anchor=True,
@@ -96,6 +100,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, ICLR 2024",
             settings_cls=salun.SalUnSettings,
             unlearn=salun.unlearn,
+            families=WITH_XL,
             tuned={twin: {"iterations": 40, "lr": 5e-4, "retain_weight": 1.0, "batch_size": 16} for twin in ("digits", "shapes-sd")},
         ),
         MethodSpec(
@@ -134,6 +139,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024",
             settings_cls=uce.UCESettings,
             unlearn=uce.unlearn,
+            families=WITH_XL,
             uses_anchor=True,
         ),
         MethodSpec(
@@ -144,6 +150,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="ScaPre (seed 004; abstract only), designed here as an extension of UCE; see unlearning/methods/scapre.py",
             settings_cls=scapre.ScaPreSettings,
             unlearn=scapre.unlearn,
+            families=WITH_XL,
             uses_anchor=True,
             # tuned on a held-out split (bench/tune_scapre.py: concept order seed 1; the scaling bench uses seed 0)
             tuned={"shapes-sd": {"preserve_scale": 0.4}},

@@ -114,6 +114,8 @@ def validate_settings(settings: Any) -> None:
             raise InputError(f"setting '{f.name}' must be {op} {low}; got {value}.")
         if high is not None and value > high:
             raise InputError(f"setting '{f.name}' must be <= {high}; got {value}.")
+    if getattr(settings, "uam", False) and getattr(settings, "mixed_precision", "no") == "fp16":
+        raise InputError("UAM takes its gradients itself, without fp16's loss scaling: use mixed_precision=bf16 (or no) with UAM.")
     check = getattr(settings, "check", None)
     if check is not None:
         check()
@@ -134,16 +136,115 @@ def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str
     return settings
 
 
+# ---- memory: precision, checkpointing, LoRA (settings of the training methods) ------------------
+
+MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def mixed_precision_setting():
+    return setting("no", "autocast: run the UNet's matrix products in fp16 or bf16 (also on CPU); trained weights, the optimiser "
+                   "and the loss stay float32, frozen weights are read in the base model's dtype without a copy (fp16: with "
+                   "loss scaling)", choices=tuple(MIXED_PRECISION))
+
+
+def checkpointing_setting():
+    return setting(False, "gradient checkpointing: recompute the UNet's activations in the backward pass instead of keeping "
+                   "them (much less memory, about a third slower)")
+
+
+def lora_setting():
+    return setting(0, "train a rank-r LoRA on the group's linear and convolution layers instead of the weights themselves "
+                   "(0 = the weights; norms and biases stay); merged into the weights at the end", low=0, high=256)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """How a training method holds its copy of the UNet (read from its settings; absent fields mean off)."""
+
+    autocast: torch.dtype | None = None  # mixed_precision
+    checkpointing: bool = False  # gradient_checkpointing
+    lora_rank: int = 0  # lora_rank
+
+    @classmethod
+    def of(cls, settings: Any) -> Memory:
+        return cls(MIXED_PRECISION[getattr(settings, "mixed_precision", "no")], bool(getattr(settings, "gradient_checkpointing", False)),
+                   int(getattr(settings, "lora_rank", 0)))
+
+    def autocast_context(self, device: torch.device):
+        """``torch.autocast`` on the device's type in the chosen dtype, or a no-op."""
+        import contextlib
+
+        return torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+
+    def shares_base(self, base_dtype: torch.dtype) -> bool:
+        """Whether a trained copy can read its frozen weights from the base itself: when they are float32, or
+        autocast computes in their own (half) dtype anyway."""
+        return base_dtype == torch.float32 or base_dtype == self.autocast
+
+
 # ---- the shared training loop ------------------------------------------------------------------
 
-def trainable_copy(adapter: FamilyAdapter, group: str) -> tuple[torch.nn.Module, list[str]]:
-    """A float32 copy of the base UNet with only ``group``'s parameters trainable."""
-    unet = adapter.frozen_copy_for_training()
-    names = adapter.parameter_names(unet, group)
-    params = dict(unet.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
+def trainable_copy(adapter: FamilyAdapter, group: str, settings: Any = None) -> tuple[torch.nn.Module, list[str]]:
+    """A copy of the base UNet whose ``group`` parameters (or, with ``lora_rank``, LoRA factors on the group's
+    layers) are float32 and trainable; returns it and the names of the trained parameters.
+
+    Frozen parameters are the base's own tensors where :meth:`Memory.shares_base` allows (nothing writes
+    them: they do not require grad), otherwise float32 copies; either way the base is never changed.
+    """
+    import copy
+
+    memory = Memory.of(settings)
+    base = adapter.unet
+    group_names = adapter.parameter_names(base, group)
+    trained = set() if memory.lora_rank else set(group_names)
+    share = memory.shares_base(next(base.parameters()).dtype)
+    memo: dict[int, Any] = {}
+    for name, p in base.named_parameters():
+        if name in trained or not share:
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(torch.float32, copy=True), requires_grad=name in trained)
+        else:
+            memo[id(p)] = p
+    unet = copy.deepcopy(base, memo)  # modules and buffers copied; parameters as chosen above
+    unet.train()
+    if memory.checkpointing:
+        unet.enable_gradient_checkpointing()
+    if memory.lora_rank:
+        return add_lora(unet, group_names, memory.lora_rank)
+    return unet, group_names
+
+
+def add_lora(unet: torch.nn.Module, weight_names: Sequence[str], rank: int) -> tuple[torch.nn.Module, list[str]]:
+    """peft LoRA (alpha = rank: the update is B A) on every Linear / Conv2d whose weight is in ``weight_names``;
+    the factors are float32 and the only trainable parameters. Returns the model and their names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    wanted = set(weight_names)
+    targets = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and f"{n}.weight" in wanted]
+    if not targets:
+        raise InputError("this parameter group has no linear or convolution layer a LoRA could be put on; set lora_rank=0.")
+    unet = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0), unet)
+    names = []
+    for name, p in unet.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+            names.append(name)
     return unet, names
+
+
+def lora_weights(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """W_0 + B A (alpha / r) for every LoRA layer of ``model``, keyed by the base's parameter names (float32, CPU).
+    The base's weights are read, never written."""
+    from peft.tuners.lora import LoraLayer
+
+    own = dict(base.named_parameters())
+    out = {}
+    with torch.no_grad():
+        for name, layer in model.named_modules():
+            if isinstance(layer, LoraLayer):
+                w0 = own[f"{name}.weight"]
+                out[f"{name}.weight"] = (w0.float() + layer.get_delta_weight("default").float().to(w0.device)).cpu()
+    return out
 
 
 def optimise(
@@ -158,52 +259,63 @@ def optimise(
     optimizer: str = "adam",
     betas: tuple[float, float] = (0.9, 0.999),
     uam: UAMConfig | None = None,
+    memory: Memory | None = None,
 ) -> list[dict]:
     """Minimise ``loss_fn(step)`` over the named parameters; returns the loss log.
 
     ``loss_fn`` returns the loss (optionally with a dict for the log), or an :class:`Objective` split
-    into forget and retain parts; only the latter can be wrapped by UAM (``uam``).
+    into forget and retain parts; only the latter can be wrapped by UAM (``uam``). With ``memory.autocast``
+    the losses are computed under autocast (fp16 adds loss scaling). Gradients of the previous step are
+    dropped before the next forward pass, and all of them when the loop ends.
     Stops with DivergedError the moment the loss or a gradient is not finite, saying what to do.
     """
-    params = [p for n, p in unet.named_parameters() if n in set(names)]
+    memory = memory or Memory()
+    wanted = set(names)
+    params = [p for n, p in unet.named_parameters() if n in wanted]
+    device = params[0].device
     opt = torch.optim.Adam(params, lr=lr, betas=betas) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=memory.autocast == torch.float16)
     log: list[dict] = []
     for step in range(iterations):
-        out = loss_fn(step)
-        if isinstance(out, Objective):
-            loss, extra = gradient_step(params, out, uam), out.extra
-        else:
-            if uam is not None:
-                raise InputError(f"{method} does not split its loss into forget and retain parts, so UAM cannot wrap it.")
-            loss, extra = out if isinstance(out, tuple) else (out, {})
+        opt.zero_grad(set_to_none=True)
+        with memory.autocast_context(device):
+            out = loss_fn(step)
+            if isinstance(out, Objective) and uam is not None:
+                loss, extra = gradient_step(params, out, uam), out.extra
+            elif isinstance(out, Objective):
+                loss, extra = out.total(), out.extra
+            else:
+                if uam is not None:
+                    raise InputError(f"{method} does not split its loss into forget and retain parts, so UAM cannot wrap it.")
+                loss, extra = out if isinstance(out, tuple) else (out, {})
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"{method}: the loss became {loss.item()} at step {step + 1}; lower the learning rate (now {lr:g}) "
                 "or the number of iterations and run again. The base model is unchanged."
             )
-        if not isinstance(out, Objective):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
+        if loss.requires_grad:  # UAM has filled .grad itself
+            scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         entry = {"step": step + 1, "loss": float(loss.item()), **{k: float(v) for k, v in extra.items()}}
         log.append(entry)
         ctx.report(step + 1, iterations, entry["loss"], **{k: v for k, v in entry.items() if k not in {"step", "loss"}})
+    opt.zero_grad(set_to_none=True)
     return log
 
 
 def finish(adapter: FamilyAdapter, unet: torch.nn.Module, names: list[str], *, method: str, settings: Any,
            log: list[dict], started: float) -> Edit:
-    """Package the trained parameters as an Edit (finite-checked; unchanged ones dropped)."""
-    return Edit.from_trained(
-        adapter.unet,
-        unet,
-        names,
-        method=method,
-        settings=dataclasses.asdict(settings),
-        loss_log=log,
-        timings={"unlearn_s": time.perf_counter() - started},
-        base={"source": adapter.source, "family": adapter.family},
-    )
+    """Package the trained parameters as an Edit (finite-checked; unchanged ones dropped); a LoRA-trained
+    copy gives the merged weights W_0 + B A of its layers."""
+    info = dict(method=method, settings=dataclasses.asdict(settings), loss_log=log, base={"source": adapter.source, "family": adapter.family})
+    if Memory.of(settings).lora_rank:
+        merged = lora_weights(unet, adapter.unet)
+        if not all(torch.isfinite(v).all() for v in merged.values()):
+            raise DivergedError(f"{method} produced non-finite LoRA weights; lower the learning rate and run again. "
+                                "The base model is unchanged.")
+        return Edit(params=merged, timings={"unlearn_s": time.perf_counter() - started}, **info)
+    return Edit.from_trained(adapter.unet, unet, names, timings={"unlearn_s": time.perf_counter() - started}, **info)
 
 
 # ---- data pools and the denoising loss (shared by the data-based methods) -----------------------

@@ -51,7 +51,7 @@ def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: boo
     for concept in task.retain:
         for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
             keep.append(adapter.token_embeddings(text, adapter.token_positions(text, include_last)))
-    null = adapter.null_condition(1)[0].float()
+    null = adapter.context(adapter.null_condition(1))[0].float()
     keep.append(null)  # every row of the unconditional branch, BOS included
     as_cols = lambda rows: torch.cat(rows).double().cpu().T.contiguous()  # noqa: E731
     return ConceptRows(as_cols(erase), as_cols(target), as_cols(keep), owner)

@@ -73,7 +73,19 @@ from safetensors import safe_open
 from ..edit import Edit
 from ..errors import InputError
 from ..models.base import PARAMETER_GROUPS, FamilyAdapter
-from .base import ConceptPool, RunContext, UnlearnTask, denoising_loss, finish, optimise, setting, trainable_copy
+from .base import (
+    ConceptPool,
+    Memory,
+    RunContext,
+    UnlearnTask,
+    checkpointing_setting,
+    denoising_loss,
+    finish,
+    mixed_precision_setting,
+    optimise,
+    setting,
+    trainable_copy,
+)
 from .uam import Objective, require_retain_loss, uam_config, uam_gamma, uam_rho, uam_switch
 
 logger = logging.getLogger(__name__)
@@ -101,6 +113,8 @@ class VDUSettings:
     uam: bool = uam_switch()
     uam_rho: float = uam_rho()
     uam_gamma: float = uam_gamma()
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
 
     def check(self) -> None:
         require_retain_loss(self, self.gamma > 0, "VDU's retain loss is its Gaussian anchor; set gamma > 0")
@@ -203,7 +217,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: VDUSettings, ct
         raise InputError("VDU needs a forget subset: name at least one concept to forget.")
     # 1. the forget subset D_f: the only data VDU sees
     forget = ConceptPool.captioned(adapter, task.forget, settings.forget_size, task.seed)
-    unet, names = trainable_copy(adapter, settings.group)
+    unet, names = trainable_copy(adapter, settings.group, settings)
     base = dict(adapter.unet.named_parameters())
     mu = {n: base[n] for n in names}
 
@@ -239,5 +253,5 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: VDUSettings, ct
         return Objective(forget_part, anchor_part, extra)
 
     log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="VDU",
-                   uam=uam_config(settings))
+                   uam=uam_config(settings), memory=Memory.of(settings))
     return finish(adapter, unet, names, method="vdu", settings=settings, log=log, started=started)

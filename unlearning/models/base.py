@@ -50,7 +50,7 @@ class SamplingDefaults:
 
 
 # Sampling defaults of a family where they differ from the class defaults: (steps, guidance).
-FAMILY_SAMPLING = {"stable-diffusion": (50, 7.5)}  # StableDiffusionPipeline's own
+FAMILY_SAMPLING = {"stable-diffusion": (50, 7.5), "stable-diffusion-xl": (50, 5.0)}  # the diffusers pipelines' own
 
 
 def vocabulary_words(vocabulary: dict[str, list[str]]) -> list[str]:
@@ -129,7 +129,12 @@ class FamilyAdapter(ABC):
     def token_embeddings(self, text: str | None, positions: Sequence[int]) -> torch.Tensor:
         """(len(positions), D) float32 rows of the condition of ``text`` (None: the null condition)."""
         cond = self.null_condition(1) if text is None else self.encode([text])
-        return cond[0, list(positions)].float()
+        return self.context(cond)[0, list(positions)].float()
+
+    def context(self, cond: torch.Tensor) -> torch.Tensor:
+        """The part of a condition the cross-attention layers read, (B, T, D): the encoder hidden states. The
+        whole condition for most families; SDXL's also carries its pooled text embedding (see ``sdxl.py``)."""
+        return cond
 
     def reference_images(self, targets: Sequence[str], n_per: int | None = None, seed: int = 0) -> torch.Tensor | None:
         """Real images of the targets in [0, 1] (for evaluator-FID), or None where the family ships none."""

@@ -62,15 +62,18 @@ HUB_MODELS = {
     "CompVis/stable-diffusion-v1-4": "stable-diffusion",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "stable-diffusion",
     "stabilityai/stable-diffusion-2-1-base": "stable-diffusion",
+    "stabilityai/stable-diffusion-xl-base-1.0": "stable-diffusion-xl",
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
 FAMILY_LOADERS = {
     "class-conditional": "unlearning.models.class_cond:ClassConditionalAdapter",
     "stable-diffusion": "unlearning.models.sd:StableDiffusionAdapter",
+    "stable-diffusion-xl": "unlearning.models.sdxl:StableDiffusionXLAdapter",
 }
-FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True}
-PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion"}
+FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True, "stable-diffusion-xl": True}
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion", "StableDiffusionXLPipeline": "stable-diffusion-xl"}
+TEXT_TO_IMAGE = ("stable-diffusion", "stable-diffusion-xl")  # families conditioned on free text
 
 
 def family_of_index(meta: dict, where: str) -> str:
@@ -82,7 +85,7 @@ def family_of_index(meta: dict, where: str) -> str:
                          f"`python -m unlearning zero123 --model {where}`.")
     raise InputError(
         f"'{where}' holds a {meta.get('_class_name', 'unknown')} model, which this version cannot load; "
-        f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x, or a folder of the same layout."
+        f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x / XL, or a folder of the same layout."
     )
 
 
@@ -179,12 +182,22 @@ _cache: dict[tuple[str, str, str], FamilyAdapter] = {}
 _lock = threading.Lock()
 
 
-def load_adapter(model: str, device: str | torch.device = "auto") -> FamilyAdapter:
-    """The cached adapter for a model source on a device (loaded on first use)."""
+def load_adapter(model: str, device: str | torch.device = "auto", *, dtype: torch.dtype | None = None,
+                 resolution: int | None = None) -> FamilyAdapter:
+    """The cached adapter for a model source on a device (loaded on first use).
+
+    ``dtype`` None: float16 on CUDA for families published in half precision, float32 otherwise; a half
+    dtype on CPU (bfloat16) keeps the frozen base in half precision there too. ``resolution`` (text-to-image
+    families): the image side sampled and trained at (None: the model's own).
+    """
     model_id, path, family = resolve(model)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dtype = inference_dtype(dev, FAMILY_ALLOWS_HALF[family])
-    key = (model_id, str(dev), str(dtype))
+    dtype = dtype or inference_dtype(dev, FAMILY_ALLOWS_HALF[family])
+    if dtype != torch.float32 and not FAMILY_ALLOWS_HALF[family]:
+        raise InputError(f"{family} models run in float32 only; drop the dtype.")
+    if resolution is not None and family not in TEXT_TO_IMAGE:
+        raise InputError(f"a resolution applies to text-to-image models; {family} models have a fixed size.")
+    key = (model_id, str(dev), str(dtype), resolution)
     with _lock:
         if key not in _cache:
             module_name, cls_name = FAMILY_LOADERS[family].split(":")
@@ -192,7 +205,7 @@ def load_adapter(model: str, device: str | torch.device = "auto") -> FamilyAdapt
 
             cls = getattr(importlib.import_module(module_name), cls_name)
             try:
-                _cache[key] = cls(path, dev, dtype)
+                _cache[key] = cls(path, dev, dtype, **({"resolution": resolution} if resolution else {}))
             except (OSError, ValueError, KeyError) as exc:
                 raise InputError(f"could not load the model in '{path}': {exc}") from exc
         return _cache[key]
