@@ -118,10 +118,10 @@ def tiny_spec(spec: dict) -> dict:
 # ---- the generated tokenizer ----------------------------------------------------------------------
 
 def _byte_alphabet() -> list[str]:
-    """GPT-2 / CLIP byte-level alphabet: every byte as a printable unicode character."""
-    from ..embedded.shapes import _bytes_to_unicode
+    """GPT-2 / CLIP byte-level alphabet (every byte as a printable unicode character), in code-point order."""
+    from tokenizers.pre_tokenizers import ByteLevel
 
-    return list(_bytes_to_unicode().values())
+    return sorted(ByteLevel.alphabet())
 
 
 def generated_tokenizer(vocab_size: int, model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
