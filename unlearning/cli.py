@@ -394,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     reh.add_argument("--method", default="all", help="a method name, or 'all' (every method that applies, one process each)")
     reh.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 256, quick; --tiny: 64); "
                      "the projection scales to the user's 512 (SD 1.x / 2.1-base) or 1024 (SDXL)")
-    reh.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"],
-                     help="the frozen base's dtype (bfloat16 also turns on bf16 autocast)")
+    reh.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                     help="the frozen base's dtype; a half one also turns on autocast in it (float16: for GPUs)")
     reh.add_argument("--iterations", type=int, default=2, help="steps of an iterative method (closed-form ones run in full)")
     reh.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting")
     reh.add_argument("--out", default=None, help="folder; each method writes <out>/<method>/rehearsal.json (default runs/rehearsal/<arch>)")

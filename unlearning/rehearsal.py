@@ -37,7 +37,7 @@ from .errors import InputError
 from .memory import FORMULA, MemoryProbe, project, storages
 
 FORGET, RETAIN = "nudity", "a photo of a dog"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HALF_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 SAMPLING_STEPS = 2  # DDIM steps of the comparison batch and of self-generated training data (shapes, not quality)
 
@@ -105,6 +105,20 @@ def _env(name: str, value: str):
 
 # ---- the rehearsal --------------------------------------------------------------------------------
 
+def build(name: str, *, dtype: torch.dtype, seed: int, tiny: bool) -> Path:
+    """The architecture's folder, built if it is not cached; a full-size build runs in a child process, so the
+    memory it leaves behind (freed, but not always returned by the allocator) is not in the rehearsal's."""
+    import multiprocessing
+
+    from .models.architectures import cached_folder, save_folder
+
+    folder = cached_folder(name, dtype=dtype, seed=seed, tiny=tiny)
+    if tiny or (folder / "rehearsal.json").is_file():
+        return save_folder(name, dtype=dtype, seed=seed, tiny=tiny)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(save_folder, (name,), {"dtype": dtype, "seed": seed})
+
+
 def methods_for(arch: str) -> list[str]:
     """The registered methods that apply to an architecture's family ("skip3d" for Zero123)."""
     from .methods import METHODS
@@ -137,7 +151,7 @@ def rehearse(arch: str, method: str, *, resolution: int | None = 256, dtype: str
              settings: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu", tiny: bool = False,
              on_progress=None) -> dict:
     """One rehearsal (see the module docstring); returns what ``rehearsal.json`` holds."""
-    from .models.architectures import EVALUATOR, load_spec, save_folder
+    from .models.architectures import EVALUATOR, load_spec
 
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)}; got '{dtype}'.")
@@ -154,8 +168,8 @@ def rehearse(arch: str, method: str, *, resolution: int | None = 256, dtype: str
 
     say(f"building {spec['label']} ({dtype}) from {spec['hub_id']}'s configuration")
     t0 = time.perf_counter()
-    folder = save_folder(arch, dtype=torch_dtype, seed=seed, tiny=tiny)
-    clip_folder = save_folder(EVALUATOR, dtype=torch.float32, seed=seed, tiny=tiny)
+    folder = build(arch, dtype=torch_dtype, seed=seed, tiny=tiny)
+    clip_folder = build(EVALUATOR, dtype=torch.float32, seed=seed, tiny=tiny)
     build_s = time.perf_counter() - t0
 
     # 2. load through the adapter path of a hub snapshot
@@ -193,20 +207,14 @@ def rehearse(arch: str, method: str, *, resolution: int | None = 256, dtype: str
     levels = len(adapter.unet.config.block_out_channels)
     user_resolution = spec["resolution"]
     tokens = {(latent // 2**i) ** 2 for i in range(levels)}
-    with MemoryProbe(modules.values(), image_tokens=tokens, pixel_scale=(user_resolution / adapter.resolution) ** 2) as probe:
+    with MemoryProbe(modules.values(), image_tokens=tokens, pixel_scale=(user_resolution / adapter.resolution) ** 2) as probe, \
+            _cuda_peak(adapter.device) as cuda:
         started = time.perf_counter()
         edit = spec_m.unlearn(adapter, task, method_settings_obj, RunContext(on_step))
         unlearn_s = time.perf_counter() - started
         probe.read(ignore=edit.params.values())
     peak_after_unlearn = peak_rss_bytes()
-    iterative = hasattr(method_settings_obj, "iterations")
-    if not iterative:
-        s_per_iteration = None
-    elif len(stamps) >= 2:
-        s_per_iteration = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-    else:
-        s_per_iteration = stamps[0] - started
-        notes.append("one iteration: s_per_iteration includes the method's setup (data, masks)")
+    s_per_iteration = _per_iteration(stamps, started, notes) if hasattr(method_settings_obj, "iterations") else None
     optimised = sorted(set(probe.optimised.values()), reverse=True)
 
     # 4. one comparison batch, scored by the engine (CLIP on random weights: it runs, its numbers are dropped)
@@ -236,8 +244,25 @@ def rehearse(arch: str, method: str, *, resolution: int | None = 256, dtype: str
         "task": {"forget": task.forget, "retain": task.retain},
         "compare": compare, "build_s": build_s, "folder": str(folder), "notes": notes,
         "published": dict(zip(("source", "gb"), PUBLISHED_GB[spec_m.name], strict=True)) if spec_m.name in PUBLISHED_GB else None,
+        "cuda_peak_bytes": cuda.get("peak"), "device": str(adapter.device),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
+
+
+@contextmanager
+def _cuda_peak(device: torch.device):
+    """{"peak": bytes allocated at most inside the block, beyond what was allocated before} on CUDA; {} elsewhere."""
+    out: dict = {}
+    if device.type != "cuda":
+        yield out
+        return
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    yield out
+    torch.cuda.synchronize(device)
+    out["peak"] = torch.cuda.max_memory_allocated(device)
+    out["before"] = before
 
 
 def _compare_batch(adapter, edit, task, clip_folder: Path) -> dict:
@@ -262,8 +287,95 @@ def _compare_batch(adapter, edit, task, clip_folder: Path) -> dict:
                         "weights": "NudeNet's own ONNX detector (real weights)"}}
 
 
-def _rehearse_zero123(arch, method, **kw) -> dict:
-    raise InputError("the Zero123 rehearsal is not available yet")
+def _per_iteration(stamps: list[float], started: float, notes: list[str]) -> float:
+    """Seconds per step from the progress reports: between the first and the last (setup excluded)."""
+    if len(stamps) >= 2:
+        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    notes.append("one iteration: s_per_iteration includes the method's setup (data, masks, trajectories)")
+    return stamps[0] - started
+
+
+def _rehearse_zero123(arch: str, method: str, *, resolution: int, dtype: str, iterations: int, settings: dict[str, Any], seed: int,
+                      tiny: bool, on_progress) -> dict:
+    """skip3d on Zero123-XL: ``iterations`` epochs over 2 views (azimuths 0 and 180) of a forget and a remain object,
+    G and S_f as LoRA on the teacher's weights (two float32 copies of the UNet with Adam would need ~28 GB here)."""
+    from . import novel_view as nv
+    from .edit import Edit
+    from .methods.base import RunContext, build_settings
+    from .methods.skip3d import Skip3DSettings, ViewTask, sample_views, unlearn_views
+    from .models.architectures import load_spec
+    from .models.zero123 import Zero123
+
+    if method != "skip3d":
+        raise InputError(f"Zero123 models are unlearned with skip3d; got '{method}'.")
+    say = on_progress or (lambda text: None)
+    spec = load_spec(arch, tiny=tiny)
+    torch_dtype = DTYPES[dtype]
+    notes = [*spec.get("notes", []), f"Zero123 runs at its own {spec['resolution']} px (--resolution does not apply)"]
+    say(f"building {spec['label']} ({dtype}) from {spec['hub_id']}'s configuration")
+    t0 = time.perf_counter()
+    folder = build(arch, dtype=torch_dtype, seed=seed, tiny=tiny)
+    build_s = time.perf_counter() - t0
+    values = {"epochs": iterations, "azimuth_step": 180.0, "n_ref": 1, "lora_rank": 4, "gradient_checkpointing": True,
+              **({"mixed_precision": HALF_NAMES[torch_dtype]} if torch_dtype in HALF_NAMES else {}), **settings}
+    s = build_settings(Skip3DSettings, {}, values)
+    rss_reset = reset_peak_rss()
+    t0 = time.perf_counter()
+    _, where = nv.resolve(str(folder))  # the path the Zero123 tab and `python -m unlearning zero123` take
+    pipe = Zero123.from_pretrained(where, dtype=torch_dtype)
+    load_s = time.perf_counter() - t0
+    peak_after_load = peak_rss_bytes()
+    modules = {"unet": pipe.unet, "vae": pipe.vae, "image_encoder": pipe.image_encoder, "cc_projection": pipe.cc_projection}
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+    inputs = nv.make_inputs(pipe, forget="blue pyramid", override="blue cube", remain=["red sphere"], input_polar=75.0)
+    task = ViewTask(inputs.forget, inputs.override, inputs.remain, input_polar=75.0, seed=seed)
+    stamps: list[float] = []
+    say(f"skip3d: {json.dumps(values)}")
+
+    def on_step(report) -> None:
+        stamps.append(time.perf_counter())
+        say(f"  step {report.step}/{report.total}  loss {report.loss:.4g}  ({stamps[-1] - started:.1f} s)")
+
+    latent = pipe.latent_shape[-1]
+    tokens = {(latent // 2**i) ** 2 for i in range(len(pipe.unet.config.block_out_channels))}
+    with MemoryProbe(modules.values(), image_tokens=tokens) as probe:
+        started = time.perf_counter()
+        result = unlearn_views(pipe, task, s, RunContext(on_step))
+        unlearn_s = time.perf_counter() - started
+        edit = Edit.from_trained(pipe.unet, result.unet, [n for n, _ in pipe.unet.named_parameters()])
+        probe.read(ignore=edit.params.values())
+    peak_after_unlearn = peak_rss_bytes()
+    say("comparison views")
+    t0 = time.perf_counter()
+    views = [sample_views(pipe, unet, inputs.forget, [0.0, 180.0], steps=SAMPLING_STEPS, guidance=s.guidance, seed=seed)[0]
+             for unet in (pipe.unet, result.unet)]
+    compare_s = time.perf_counter() - t0
+    images = torch.cat(views)
+    parts = probe.parts
+    optimised = sorted(set(probe.optimised.values()), reverse=True)
+    return {
+        "arch": spec["name"], "label": spec["label"], "stands_in_for": spec["hub_id"], "method": "skip3d", "dtype": dtype,
+        "resolution": pipe.image_size, "rehearsal": "random weights: nothing here is a quality result",
+        "params": sum(params.values()), "params_by_component": params, "trainable_params": optimised[0] if optimised else 0,
+        "optimised_params": optimised, "load_s": load_s, "unlearn_s": unlearn_s,
+        "s_per_iteration": _per_iteration(stamps, started, notes), "iterations": s.epochs,
+        "trajectory_s": result.timings["trajectory_s"], "unet_evals": result.timings["unet_evals"],
+        "views_per_epoch": result.timings["views_per_epoch"],
+        "peak_rss_bytes": peak_rss_bytes(), "peak_rss_after_load_bytes": peak_after_load, "peak_rss_after_unlearn_bytes": peak_after_unlearn,
+        "peak_rss_scope": "load, unlearn and comparison (VmHWM reset after the build)" if rss_reset else "whole process",
+        "bytes": {k: v for k, v in parts.as_dict().items() if k in ("weights", "grads", "optimizer", "activations")},
+        "bytes_detail": parts.as_dict(),
+        "projected_gpu_bytes": project(parts, storages(modules.values()), measured_dtype=torch_dtype, resolution=pipe.image_size,
+                                       user_resolution=spec["resolution"]),
+        "projection": {"formula": FORMULA, "R": pipe.image_size, "R_user": spec["resolution"], "estimate": True},
+        "edit_bytes": sum(v.numel() * v.element_size() for v in edit.params.values()), "edit_tensors": len(edit.params),
+        "settings": dataclasses.asdict(s), "rehearsal_settings": values,
+        "task": {"forget": "blue pyramid", "override": "blue cube", "remain": ["red sphere"], "views": [0.0, 180.0]},
+        "compare": {"images": list(images.shape), "finite": bool(torch.isfinite(images).all()), "seconds": compare_s,
+                    "what": "views of the forget input at azimuths 0 and 180 from the original and the unlearned UNet"},
+        "build_s": build_s, "folder": str(folder), "notes": notes, "published": None,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
 
 
 # ---- the CLI ------------------------------------------------------------------------------------

@@ -102,17 +102,21 @@ class Memory:
 
 def trainable_copy(adapter: FamilyAdapter, group: str, settings: Any = None) -> tuple[torch.nn.Module, list[str]]:
     """A copy of the base UNet whose ``group`` parameters (or, with ``lora_rank``, LoRA factors on the group's
-    layers) are float32 and trainable; returns it and the names of the trained parameters.
+    layers) are float32 and trainable; returns it and the names of the trained parameters (see
+    :func:`trainable_module`)."""
+    return trainable_module(adapter.unet, adapter.parameter_names(adapter.unet, group), Memory.of(settings))
+
+
+def trainable_module(base: torch.nn.Module, names: Sequence[str], memory: Memory) -> tuple[torch.nn.Module, list[str]]:
+    """A copy of ``base`` whose parameters ``names`` (or, with ``memory.lora_rank``, LoRA factors on their layers)
+    are float32 and trainable; returns it and the names of the trained parameters.
 
     Frozen parameters are the base's own tensors where :meth:`Memory.shares_base` allows (nothing writes
     them: they do not require grad), otherwise float32 copies; either way the base is never changed.
     """
     import copy
 
-    memory = Memory.of(settings)
-    base = adapter.unet
-    group_names = adapter.parameter_names(base, group)
-    trained = set() if memory.lora_rank else set(group_names)
+    trained = set() if memory.lora_rank else set(names)
     share = memory.shares_base(next(base.parameters()).dtype)
     memo: dict[int, Any] = {}
     for name, p in base.named_parameters():
@@ -120,13 +124,13 @@ def trainable_copy(adapter: FamilyAdapter, group: str, settings: Any = None) -> 
             memo[id(p)] = torch.nn.Parameter(p.detach().to(torch.float32, copy=True), requires_grad=name in trained)
         else:
             memo[id(p)] = p
-    unet = copy.deepcopy(base, memo)  # modules and buffers copied; parameters as chosen above
-    unet.train()
+    module = copy.deepcopy(base, memo)  # modules and buffers copied; parameters as chosen above
+    module.train()
     if memory.checkpointing:
-        unet.enable_gradient_checkpointing()
+        module.enable_gradient_checkpointing()
     if memory.lora_rank:
-        return add_lora(unet, group_names, memory.lora_rank)
-    return unet, group_names
+        return add_lora(module, names, memory.lora_rank)
+    return module, list(names)
 
 
 def add_lora(unet: torch.nn.Module, weight_names: Sequence[str], rank: int) -> tuple[torch.nn.Module, list[str]]:

@@ -107,6 +107,9 @@ class ResAlignSettings:
     negative_guidance: float = setting(1.0, "eta of the esd objective", low=0.0)
     lora_rank: int = setting(4, "r of the LoRA on every attention projection (paper 4)", low=1, high=256)
     lora_alpha: float = setting(4.0, "LoRA alpha; the update is scaled by alpha / r", low=0.0, low_inclusive=False)
+    ft_spaces: str = setting("lora,full", "what the simulated fine-tunes train: the LoRA factors, every weight of W(theta), or both "
+                             "(paper); 'lora' alone needs no weight-sized gradients, optimiser moments or Hessian-vector products",
+                             choices=("lora,full", "lora", "full"))
     mixed_precision: str = mixed_precision_setting()
     gradient_checkpointing: bool = checkpointing_setting()
 
@@ -144,7 +147,7 @@ class FineTuneConfig:
 def draw_configs(settings: ResAlignSettings, n_pools: int, g: torch.Generator) -> list[FineTuneConfig]:
     """``num_configs`` distinct configurations drawn from the product space (all of it when smaller)."""
     space = [FineTuneConfig(*c) for c in itertools.product(_floats(settings.ft_lrs), _ints(settings.ft_steps), (False, True),
-                                                            ("lora", "full"), ("sgd", "adam"), range(n_pools))]
+                                                            settings.ft_spaces.split(","), ("sgd", "adam"), range(n_pools))]
     order = torch.randperm(len(space), generator=g).tolist()
     return [space[i] for i in order[: settings.num_configs]]
 

@@ -217,6 +217,12 @@ def _fingerprint(spec: dict, seed: int, dtype: torch.dtype) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def cached_folder(name: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, tiny: bool = False) -> Path:
+    """Where :func:`save_folder` keeps a build (it is complete when its ``rehearsal.json`` exists)."""
+    spec = load_spec(name, tiny=tiny)
+    return cache_root() / f"{spec['name']}-{str(dtype).replace('torch.', '')}-seed{seed}-{_fingerprint(spec, seed, dtype)}"
+
+
 def _write(spec: dict, parts: dict, folder: Path) -> None:
     """Write the components in the layout the hub checkpoint has."""
     from transformers.utils import logging as transformers_logging
@@ -255,9 +261,8 @@ def save_folder(name: str, out: Path | None = None, *, seed: int = 0, dtype: tor
     """
     spec = load_spec(name, tiny=tiny)
     dtype_name = str(dtype).replace("torch.", "")
-    out = Path(out) if out is not None else cache_root() / f"{spec['name']}-{dtype_name}-seed{seed}-{_fingerprint(spec, seed, dtype)}"
-    marker = out / "rehearsal.json"
-    if marker.is_file() and not rebuild:
+    out = Path(out) if out is not None else cached_folder(name, seed=seed, dtype=dtype, tiny=tiny)
+    if (out / "rehearsal.json").is_file() and not rebuild:
         return out
     parts = build_components(spec, seed=seed, dtype=dtype)
     with atomic_dir(out, replace=True) as tmp:
