@@ -82,7 +82,6 @@ def test_trained_copy_shares_the_half_precision_base_under_autocast(sd_bf16):
 
 @pytest.mark.parametrize("overrides", [
     {"mixed_precision": "bf16", "gradient_checkpointing": True},
-    {"mixed_precision": "fp16"},
     {"mixed_precision": "bf16", "lora_rank": 2},
 ])
 def test_esd_with_memory_features(sd_bf16, overrides):
@@ -93,6 +92,14 @@ def test_esd_with_memory_features(sd_bf16, overrides):
     assert edit.params and all(torch.isfinite(v).all() for v in edit.params.values())
     assert all(".attn2." in n for n in edit.params)
     assert unchanged(adapter.unet, before)
+
+
+def test_fp16_autocast_is_refused_on_a_cpu_with_what_to_do(sd_bf16):
+    from unlearning.errors import InputError
+
+    settings = get_method("esd").settings(None, {"iterations": 1, "ddim_steps": 2, "mixed_precision": "fp16"})
+    with pytest.raises(InputError, match="use bf16 on a CPU"):
+        get_method("esd").unlearn(sd_bf16, TASK, settings, RunContext())
 
 
 def test_lora_edit_is_the_merged_lora(sd_bf16):
@@ -184,3 +191,11 @@ def test_tiny_rehearsal_writes_every_field(tmp_path, capsys):
     assert r["settings"]["mixed_precision"] == "bf16" and r["settings"]["gradient_checkpointing"] is True
     assert r["compare"]["finite"] and "clip_score" in r["compare"]["metrics_that_ran"] and r["compare"]["nudenet"]["images"] == 4
     assert "| sd15-tiny | esd |" in capsys.readouterr().out
+
+
+def test_tiny_zero123_rehearsal_runs_skip3d_on_two_views(tmp_path):
+    assert main(["rehearse", "--arch", "zero123-xl", "--method", "all", "--tiny", "--iterations", "1", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "skip3d" / "rehearsal.json").read_text())
+    assert r["method"] == "skip3d" and r["iterations"] == 1 and r["views_per_epoch"] == 4  # 2 azimuths x (forget, remain)
+    assert r["settings"]["lora_rank"] == 4 and r["trainable_params"] < r["params_by_component"]["unet"]
+    assert r["compare"]["finite"] and r["compare"]["images"][0] == 4

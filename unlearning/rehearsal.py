@@ -147,6 +147,76 @@ def method_settings(method: str, dtype: torch.dtype, iterations: int, overrides:
     return {**values, **overrides}
 
 
+class _Measure:
+    """What both rehearsal paths measure around a method: load time and resident memory, the memory parts
+    (:class:`MemoryProbe`), CUDA's peak where there is one, and the time of each step; :meth:`record` turns
+    them into the fields of ``rehearsal.json`` every architecture shares."""
+
+    def __init__(self, spec: dict, full_spec: dict, say):
+        self.spec, self.say = spec, say
+        self.user_resolution = full_spec["resolution"]  # what the projection is for (512 / 1024 / 256; tiny too)
+        self.notes = list(spec.get("notes", []))
+        self.stamps: list[float] = []
+        self.started = 0.0
+
+    @contextmanager
+    def loading(self):
+        self.rss_reset = reset_peak_rss()
+        t0 = time.perf_counter()
+        yield
+        self.load_s = time.perf_counter() - t0
+        self.peak_after_load = peak_rss_bytes()
+
+    @contextmanager
+    def unlearning(self, modules: dict[str, torch.nn.Module], unet, latent: int, resolution: int, device: torch.device):
+        """Around the method (the caller reads the probe once more inside, ignoring the edit's own copy)."""
+        self.modules, self.resolution = modules, resolution
+        tokens = {(latent // 2**i) ** 2 for i in range(len(unet.config.block_out_channels))}
+        with MemoryProbe(modules.values(), image_tokens=tokens, pixel_scale=(self.user_resolution / resolution) ** 2) as probe, \
+                _cuda_peak(device) as cuda:
+            self.probe, self.cuda, self.started = probe, cuda, time.perf_counter()
+            yield probe
+            self.unlearn_s = time.perf_counter() - self.started
+        self.peak_after_unlearn = peak_rss_bytes()
+
+    def on_step(self, report) -> None:
+        self.stamps.append(time.perf_counter())
+        self.say(f"  step {report.step}/{report.total}  loss {report.loss:.4g}  ({self.stamps[-1] - self.started:.1f} s)")
+
+    def per_iteration(self) -> float:
+        """Seconds per step from the progress reports: between the first and the last (setup excluded)."""
+        if len(self.stamps) >= 2:
+            return (self.stamps[-1] - self.stamps[0]) / (len(self.stamps) - 1)
+        self.notes.append("one iteration: s_per_iteration includes the method's setup (data, masks, trajectories)")
+        return self.stamps[0] - self.started
+
+    def record(self, *, method: str, dtype: str, edit, settings, values: dict, iterations: int | None, upcast: int = 0) -> dict:
+        spec, parts = self.spec, self.probe.parts
+        params = {name: sum(p.numel() for p in m.parameters()) for name, m in self.modules.items()}
+        optimised = sorted(set(self.probe.optimised.values()), reverse=True)
+        return {
+            "arch": spec["name"], "label": spec["label"], "stands_in_for": spec["hub_id"], "method": method, "dtype": dtype,
+            "resolution": self.resolution, "rehearsal": "random weights: nothing here is a quality result",
+            "params": sum(params.values()), "params_by_component": params,
+            "trainable_params": optimised[0] if optimised else edit.num_changed, "optimised_params": optimised,
+            "load_s": self.load_s, "unlearn_s": self.unlearn_s,
+            "s_per_iteration": self.per_iteration() if iterations is not None else None, "iterations": iterations,
+            "peak_rss_bytes": peak_rss_bytes(), "peak_rss_after_load_bytes": self.peak_after_load,
+            "peak_rss_after_unlearn_bytes": self.peak_after_unlearn,
+            "peak_rss_scope": "load, unlearn and comparison (VmHWM reset after the build)" if self.rss_reset
+            else "whole process (VmHWM could not be reset)",
+            "bytes": {k: v for k, v in parts.as_dict().items() if k in ("weights", "grads", "optimizer", "activations")},
+            "bytes_detail": parts.as_dict(),
+            "projected_gpu_bytes": project(parts, storages(self.modules.values()), measured_dtype=DTYPES[dtype], resolution=self.resolution,
+                                           user_resolution=self.user_resolution, upcast_values=upcast),
+            "projection": {"formula": FORMULA, "R": self.resolution, "R_user": self.user_resolution, "estimate": True},
+            "edit_bytes": sum(v.numel() * v.element_size() for v in edit.params.values()), "edit_tensors": len(edit.params),
+            "settings": dataclasses.asdict(settings), "rehearsal_settings": values, "notes": self.notes,
+            "published": dict(zip(("source", "gb"), PUBLISHED_GB[method], strict=True)) if method in PUBLISHED_GB else None,
+            "cuda_peak_bytes": self.cuda.get("peak"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        }
+
+
 def rehearse(arch: str, method: str, *, resolution: int | None = 256, dtype: str = "bfloat16", iterations: int = 2,
              settings: dict[str, Any] | None = None, seed: int = 0, device: str = "cpu", tiny: bool = False,
              on_progress=None) -> dict:
@@ -158,17 +228,15 @@ def rehearse(arch: str, method: str, *, resolution: int | None = 256, dtype: str
     if iterations < 1:
         raise InputError(f"--iterations must be at least 1; got {iterations}.")
     spec = load_spec(arch, tiny=tiny)
-    resolution = resolution or (spec["resolution"] if tiny else 256)
-    if spec["family"] == "zero123":
-        return _rehearse_zero123(arch, method, resolution=resolution, dtype=dtype, iterations=iterations, settings=settings or {},
-                                 seed=seed, tiny=tiny, on_progress=on_progress)
     say = on_progress or (lambda text: None)
+    m = _Measure(spec, load_spec(arch), say)
     torch_dtype = DTYPES[dtype]
-    notes = list(spec.get("notes", []))
-
     say(f"building {spec['label']} ({dtype}) from {spec['hub_id']}'s configuration")
     t0 = time.perf_counter()
     folder = build(arch, dtype=torch_dtype, seed=seed, tiny=tiny)
+    if spec["family"] == "zero123":
+        result = _rehearse_zero123(m, folder, method, dtype=dtype, iterations=iterations, settings=settings or {}, seed=seed)
+        return {**result, "build_s": time.perf_counter() - t0, "folder": str(folder)}
     clip_folder = build(EVALUATOR, dtype=torch.float32, seed=seed, tiny=tiny)
     build_s = time.perf_counter() - t0
 
@@ -181,72 +249,30 @@ def rehearse(arch: str, method: str, *, resolution: int | None = 256, dtype: str
     spec_m = get_method(method)
     values = method_settings(spec_m.name, torch_dtype, iterations, settings or {})
     method_settings_obj = spec_m.settings(None, values)  # bad settings fail before anything is loaded
-    rss_reset = reset_peak_rss()
     say(f"loading {folder}")
-    t0 = time.perf_counter()
-    adapter = load_adapter(str(folder), device, dtype=torch_dtype, resolution=resolution)
-    load_s = time.perf_counter() - t0
-    peak_after_load = peak_rss_bytes()
+    with m.loading():
+        adapter = load_adapter(str(folder), device, dtype=torch_dtype, resolution=resolution or (spec["resolution"] if tiny else 256))
     if adapter.family not in spec_m.families:
         raise InputError(f"{spec_m.label} does not apply to {adapter.family} models; methods that do: {', '.join(methods_for(arch))}.")
     adapter.sampling = SamplingDefaults(SAMPLING_STEPS, adapter.sampling.guidance_scale)
     modules = adapter.modules()
-    base = storages(modules.values())
-    params = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
 
     # 3. the method
     task = UnlearnTask(forget=[adapter.validate_concept(FORGET)], retain=[adapter.validate_concept(RETAIN)], seed=seed)
-    stamps: list[float] = []
     say(f"{spec_m.label}: {json.dumps(values)}")
-
-    def on_step(report) -> None:
-        stamps.append(time.perf_counter())
-        say(f"  step {report.step}/{report.total}  loss {report.loss:.4g}  ({stamps[-1] - started:.1f} s)")
-
-    latent = adapter.sample_shape()[-1]
-    levels = len(adapter.unet.config.block_out_channels)
-    user_resolution = spec["resolution"]
-    tokens = {(latent // 2**i) ** 2 for i in range(levels)}
-    with MemoryProbe(modules.values(), image_tokens=tokens, pixel_scale=(user_resolution / adapter.resolution) ** 2) as probe, \
-            _cuda_peak(adapter.device) as cuda:
-        started = time.perf_counter()
-        edit = spec_m.unlearn(adapter, task, method_settings_obj, RunContext(on_step))
-        unlearn_s = time.perf_counter() - started
+    with m.unlearning(modules, adapter.unet, adapter.sample_shape()[-1], adapter.resolution, adapter.device) as probe:
+        edit = spec_m.unlearn(adapter, task, method_settings_obj, RunContext(m.on_step))
         probe.read(ignore=edit.params.values())
-    peak_after_unlearn = peak_rss_bytes()
-    s_per_iteration = _per_iteration(stamps, started, notes) if hasattr(method_settings_obj, "iterations") else None
-    optimised = sorted(set(probe.optimised.values()), reverse=True)
 
     # 4. one comparison batch, scored by the engine (CLIP on random weights: it runs, its numbers are dropped)
     say("comparison batch")
     compare = _compare_batch(adapter, edit, task, clip_folder)
-    peak = peak_rss_bytes()
-
-    upcast = params["vae"] if getattr(adapter.vae.config, "force_upcast", False) and adapter.family == "stable-diffusion-xl" else 0
-    parts = probe.parts
-    return {
-        "arch": spec["name"], "label": spec["label"], "stands_in_for": spec["hub_id"], "method": spec_m.name, "dtype": dtype,
-        "resolution": adapter.resolution, "rehearsal": "random weights: nothing here is a quality result",
-        "params": sum(params.values()), "params_by_component": params,
-        "trainable_params": optimised[0] if optimised else edit.num_changed,
-        "optimised_params": optimised,
-        "load_s": load_s, "unlearn_s": unlearn_s, "s_per_iteration": s_per_iteration, "iterations": getattr(method_settings_obj, "iterations", None),
-        "peak_rss_bytes": peak, "peak_rss_after_load_bytes": peak_after_load, "peak_rss_after_unlearn_bytes": peak_after_unlearn,
-        "peak_rss_scope": "load, unlearn and comparison (VmHWM reset after the build)" if rss_reset else "whole process (VmHWM could not be reset)",
-        "bytes": {k: v for k, v in parts.as_dict().items() if k in ("weights", "grads", "optimizer", "activations")},
-        "bytes_detail": parts.as_dict(),
-        "projected_gpu_bytes": project(parts, base, measured_dtype=torch_dtype, resolution=adapter.resolution,
-                                       user_resolution=user_resolution, upcast_values=upcast),
-        "projection": {"formula": FORMULA, "R": adapter.resolution, "R_user": user_resolution, "estimate": True},
-        "edit_bytes": sum(v.numel() * v.element_size() for v in edit.params.values()),
-        "edit_tensors": len(edit.params),
-        "settings": dataclasses.asdict(method_settings_obj), "rehearsal_settings": values,
-        "task": {"forget": task.forget, "retain": task.retain},
-        "compare": compare, "build_s": build_s, "folder": str(folder), "notes": notes,
-        "published": dict(zip(("source", "gb"), PUBLISHED_GB[spec_m.name], strict=True)) if spec_m.name in PUBLISHED_GB else None,
-        "cuda_peak_bytes": cuda.get("peak"), "device": str(adapter.device),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }
+    upcast = (sum(p.numel() for p in adapter.vae.parameters())
+              if getattr(adapter.vae.config, "force_upcast", False) and adapter.family == "stable-diffusion-xl" else 0)
+    return {**m.record(method=spec_m.name, dtype=dtype, edit=edit, settings=method_settings_obj, values=values,
+                       iterations=getattr(method_settings_obj, "iterations", None), upcast=upcast),
+            "task": {"forget": task.forget, "retain": task.retain}, "compare": compare, "build_s": build_s, "folder": str(folder),
+            "device": str(adapter.device)}
 
 
 @contextmanager
@@ -287,95 +313,48 @@ def _compare_batch(adapter, edit, task, clip_folder: Path) -> dict:
                         "weights": "NudeNet's own ONNX detector (real weights)"}}
 
 
-def _per_iteration(stamps: list[float], started: float, notes: list[str]) -> float:
-    """Seconds per step from the progress reports: between the first and the last (setup excluded)."""
-    if len(stamps) >= 2:
-        return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-    notes.append("one iteration: s_per_iteration includes the method's setup (data, masks, trajectories)")
-    return stamps[0] - started
+ZERO123_VIEWS = [0.0, 180.0]  # the 2 training views per input (azimuth_step 180), and the 2 compared views
 
 
-def _rehearse_zero123(arch: str, method: str, *, resolution: int, dtype: str, iterations: int, settings: dict[str, Any], seed: int,
-                      tiny: bool, on_progress) -> dict:
+def _rehearse_zero123(m: _Measure, folder: Path, method: str, *, dtype: str, iterations: int, settings: dict[str, Any], seed: int) -> dict:
     """skip3d on Zero123-XL: ``iterations`` epochs over 2 views (azimuths 0 and 180) of a forget and a remain object,
-    G and S_f as LoRA on the teacher's weights (two float32 copies of the UNet with Adam would need ~28 GB here)."""
+    G and S_f as LoRA on the teacher's weights (two float32 copies of the UNet with Adam would need ~28 GB here).
+    Kept apart and small: Zero123 goes through its own pipeline class and novel_view until it joins the adapter
+    registry (issue 21); then this becomes the general path with a view comparison."""
     from . import novel_view as nv
     from .edit import Edit
     from .methods.base import RunContext, build_settings
     from .methods.skip3d import Skip3DSettings, ViewTask, sample_views, unlearn_views
-    from .models.architectures import load_spec
     from .models.zero123 import Zero123
 
     if method != "skip3d":
         raise InputError(f"Zero123 models are unlearned with skip3d; got '{method}'.")
-    say = on_progress or (lambda text: None)
-    spec = load_spec(arch, tiny=tiny)
     torch_dtype = DTYPES[dtype]
-    notes = [*spec.get("notes", []), f"Zero123 runs at its own {spec['resolution']} px (--resolution does not apply)"]
-    say(f"building {spec['label']} ({dtype}) from {spec['hub_id']}'s configuration")
-    t0 = time.perf_counter()
-    folder = build(arch, dtype=torch_dtype, seed=seed, tiny=tiny)
-    build_s = time.perf_counter() - t0
-    values = {"epochs": iterations, "azimuth_step": 180.0, "n_ref": 1, "lora_rank": 4, "gradient_checkpointing": True,
+    m.notes.append(f"Zero123 runs at its own {m.spec['resolution']} px (--resolution does not apply)")
+    values = {"epochs": iterations, "azimuth_step": 360.0 / len(ZERO123_VIEWS), "n_ref": 1, "lora_rank": 4, "gradient_checkpointing": True,
               **({"mixed_precision": HALF_NAMES[torch_dtype]} if torch_dtype in HALF_NAMES else {}), **settings}
     s = build_settings(Skip3DSettings, {}, values)
-    rss_reset = reset_peak_rss()
-    t0 = time.perf_counter()
-    _, where = nv.resolve(str(folder))  # the path the Zero123 tab and `python -m unlearning zero123` take
-    pipe = Zero123.from_pretrained(where, dtype=torch_dtype)
-    load_s = time.perf_counter() - t0
-    peak_after_load = peak_rss_bytes()
+    with m.loading():
+        _, where = nv.resolve(str(folder))  # the path the Zero123 tab and `python -m unlearning zero123` take
+        pipe = Zero123.from_pretrained(where, dtype=torch_dtype)
     modules = {"unet": pipe.unet, "vae": pipe.vae, "image_encoder": pipe.image_encoder, "cc_projection": pipe.cc_projection}
-    params = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
     inputs = nv.make_inputs(pipe, forget="blue pyramid", override="blue cube", remain=["red sphere"], input_polar=75.0)
-    task = ViewTask(inputs.forget, inputs.override, inputs.remain, input_polar=75.0, seed=seed)
-    stamps: list[float] = []
-    say(f"skip3d: {json.dumps(values)}")
-
-    def on_step(report) -> None:
-        stamps.append(time.perf_counter())
-        say(f"  step {report.step}/{report.total}  loss {report.loss:.4g}  ({stamps[-1] - started:.1f} s)")
-
-    latent = pipe.latent_shape[-1]
-    tokens = {(latent // 2**i) ** 2 for i in range(len(pipe.unet.config.block_out_channels))}
-    with MemoryProbe(modules.values(), image_tokens=tokens) as probe:
-        started = time.perf_counter()
-        result = unlearn_views(pipe, task, s, RunContext(on_step))
-        unlearn_s = time.perf_counter() - started
+    m.say(f"skip3d: {json.dumps(values)}")
+    with m.unlearning(modules, pipe.unet, pipe.latent_shape[-1], pipe.image_size, pipe.device) as probe:
+        result = unlearn_views(pipe, ViewTask(inputs.forget, inputs.override, inputs.remain, input_polar=75.0, seed=seed), s,
+                               RunContext(m.on_step))
         edit = Edit.from_trained(pipe.unet, result.unet, [n for n, _ in pipe.unet.named_parameters()])
         probe.read(ignore=edit.params.values())
-    peak_after_unlearn = peak_rss_bytes()
-    say("comparison views")
+    m.say("comparison views")
     t0 = time.perf_counter()
-    views = [sample_views(pipe, unet, inputs.forget, [0.0, 180.0], steps=SAMPLING_STEPS, guidance=s.guidance, seed=seed)[0]
-             for unet in (pipe.unet, result.unet)]
-    compare_s = time.perf_counter() - t0
-    images = torch.cat(views)
-    parts = probe.parts
-    optimised = sorted(set(probe.optimised.values()), reverse=True)
-    return {
-        "arch": spec["name"], "label": spec["label"], "stands_in_for": spec["hub_id"], "method": "skip3d", "dtype": dtype,
-        "resolution": pipe.image_size, "rehearsal": "random weights: nothing here is a quality result",
-        "params": sum(params.values()), "params_by_component": params, "trainable_params": optimised[0] if optimised else 0,
-        "optimised_params": optimised, "load_s": load_s, "unlearn_s": unlearn_s,
-        "s_per_iteration": _per_iteration(stamps, started, notes), "iterations": s.epochs,
-        "trajectory_s": result.timings["trajectory_s"], "unet_evals": result.timings["unet_evals"],
-        "views_per_epoch": result.timings["views_per_epoch"],
-        "peak_rss_bytes": peak_rss_bytes(), "peak_rss_after_load_bytes": peak_after_load, "peak_rss_after_unlearn_bytes": peak_after_unlearn,
-        "peak_rss_scope": "load, unlearn and comparison (VmHWM reset after the build)" if rss_reset else "whole process",
-        "bytes": {k: v for k, v in parts.as_dict().items() if k in ("weights", "grads", "optimizer", "activations")},
-        "bytes_detail": parts.as_dict(),
-        "projected_gpu_bytes": project(parts, storages(modules.values()), measured_dtype=torch_dtype, resolution=pipe.image_size,
-                                       user_resolution=spec["resolution"]),
-        "projection": {"formula": FORMULA, "R": pipe.image_size, "R_user": spec["resolution"], "estimate": True},
-        "edit_bytes": sum(v.numel() * v.element_size() for v in edit.params.values()), "edit_tensors": len(edit.params),
-        "settings": dataclasses.asdict(s), "rehearsal_settings": values,
-        "task": {"forget": "blue pyramid", "override": "blue cube", "remain": ["red sphere"], "views": [0.0, 180.0]},
-        "compare": {"images": list(images.shape), "finite": bool(torch.isfinite(images).all()), "seconds": compare_s,
-                    "what": "views of the forget input at azimuths 0 and 180 from the original and the unlearned UNet"},
-        "build_s": build_s, "folder": str(folder), "notes": notes, "published": None,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-    }
+    images = torch.cat([sample_views(pipe, unet, inputs.forget, ZERO123_VIEWS, steps=SAMPLING_STEPS, guidance=s.guidance, seed=seed)[0]
+                        for unet in (pipe.unet, result.unet)])
+    return {**m.record(method="skip3d", dtype=dtype, edit=edit, settings=s, values=values, iterations=s.epochs),
+            **{k: result.timings[k] for k in ("trajectory_s", "unet_evals", "views_per_epoch")},
+            "task": {"forget": "blue pyramid", "override": "blue cube", "remain": ["red sphere"], "views": ZERO123_VIEWS},
+            "compare": {"images": list(images.shape), "finite": bool(torch.isfinite(images).all()), "seconds": time.perf_counter() - t0,
+                        "what": "views of the forget input at azimuths 0 and 180 from the original and the unlearned UNet"},
+            "device": str(pipe.device)}
 
 
 # ---- the CLI ------------------------------------------------------------------------------------

@@ -87,9 +87,13 @@ class Memory:
                    int(getattr(settings, "lora_rank", 0)))
 
     def autocast_context(self, device: torch.device):
-        """``torch.autocast`` on the device's type in the chosen dtype, or a no-op."""
+        """``torch.autocast`` on the device's type in the chosen dtype, or a no-op. fp16 is refused on a CPU: CPU
+        autocast keeps group norms in the input's fp16 against float32 weights, which fails (measured, torch 2.14)."""
         import contextlib
 
+        if self.autocast == torch.float16 and device.type == "cpu":
+            raise InputError("mixed_precision=fp16 needs a CUDA GPU (on a CPU, autocast leaves group norms in fp16 against float32 "
+                             "weights); use bf16 on a CPU.")
         return torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
 
     def shares_base(self, base_dtype: torch.dtype) -> bool:
