@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unlearning.edit import Edit
 from unlearning.errors import InputError
 from unlearning.methods import get_method
 from unlearning.methods import resalign as RA
@@ -99,7 +100,7 @@ def test_unlearn_edits_only_attention_projections_and_merges_exactly(adapter, ta
     opt = torch.optim.AdamW(list(st.theta.values()), lr=1e-2)
     log = [st.step(i, opt) for i in range(1)]
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
-    merged, names = st.merged()
+    merged = Edit(params=st.merged()).apply_to_copy(adapter.unet)  # W(theta): the base's weights + B A, no UNet copy made
     x = torch.randn(2, *adapter.sample_shape(), generator=torch.Generator().manual_seed(1))
     c = adapter.encode(["3", "1"])
     with torch.no_grad():

@@ -73,8 +73,8 @@ def test_folder_without_model_index_and_non_sd_folder(tmp_path):
         resolve(str(empty))
     other = tmp_path / "other"
     other.mkdir()
-    (other / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    with pytest.raises(InputError, match="StableDiffusionXLPipeline model, which this version cannot load"):
+    (other / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    with pytest.raises(InputError, match="KandinskyPipeline model, which this version cannot load"):
         resolve(str(other))
 
 

@@ -14,6 +14,7 @@
     python -m unlearning run --model shapes-3d --method skip3d --forget "blue pyramid" --anchor "blue cube" --preserve "red sphere,green cylinder" --out DIR
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
                                  (the same run with the speedup over the run without skipping and the sampling table)
+    python -m unlearning rehearse --arch sd15 --method esd|all [--resolution 256] [--dtype bfloat16] [--iterations 2] [--out DIR]
     python -m unlearning methods [--model digits]
     python -m unlearning models
 
@@ -352,6 +353,44 @@ def format_view_tables(m: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    """Full-size rehearsal (random weights, real architecture); ``--method all`` runs each method in its own process."""
+    import subprocess
+
+    from . import rehearsal as R
+    from .errors import InputError
+    from .models.architectures import names
+
+    if args.arch not in names():
+        raise InputError(f"unknown architecture '{args.arch}'; choose one of {', '.join(names())}.")
+    out = Path(args.out or f"runs/rehearsal/{args.arch}{'-tiny' if args.tiny else ''}")
+    methods = R.methods_for(args.arch) if args.method == "all" else [args.method]
+    settings = _parse_sets(args.set)
+    results = []
+    for method in methods:
+        target = out / method
+        if len(methods) > 1:  # a fresh process per method: its own peak resident memory
+            cmd = [sys.executable, "-m", "unlearning", "rehearse", "--arch", args.arch, "--method", method, "--dtype", args.dtype,
+                   "--iterations", str(args.iterations), "--out", str(out), "--seed", str(args.seed), "--device", args.device,
+                   *(["--resolution", str(args.resolution)] if args.resolution else []), *(["--tiny"] if args.tiny else []),
+                   *[x for pair in args.set for x in ("--set", pair)]]
+            if subprocess.run(cmd).returncode != 0:
+                print(f"error: the {method} rehearsal failed (its output is above)", file=sys.stderr)
+                return 1
+            results.append(json.loads((target / "rehearsal.json").read_text()))
+            continue
+        result = R.rehearse(args.arch, method, resolution=args.resolution, dtype=args.dtype, iterations=args.iterations,
+                            settings=settings, seed=args.seed, device=args.device, tiny=args.tiny,
+                            on_progress=lambda text: print(text, file=sys.stderr, flush=True))
+        path = R.write(result, target)
+        print(f"written to {path}", file=sys.stderr)
+        results.append(result)
+    print(R.TABLE_HEADER)
+    for result in results:
+        print(R.format_row(result))
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
@@ -478,6 +517,21 @@ def build_parser() -> argparse.ArgumentParser:
     z123.add_argument("--out", default=None, help="run folder to write (run.json, metrics.json, edit.safetensors, images/)")
     z123.add_argument("--save-model", action="store_true", help="also write the unlearned model (Zero123 layout) into --out/model")
     z123.set_defaults(func=cmd_zero123)
+    reh = sub.add_parser("rehearse", help="full-size rehearsal: a method on a real architecture built from its published config "
+                         "(random weights), with timings, peak memory and the projected GPU memory")
+    reh.add_argument("--arch", required=True, help="sd14, sd15, sd21-base, sdxl or zero123-xl")
+    reh.add_argument("--method", default="all", help="a method name, or 'all' (every method that applies, one process each)")
+    reh.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 256, quick; --tiny: 64); "
+                     "the projection scales to the user's 512 (SD 1.x / 2.1-base) or 1024 (SDXL)")
+    reh.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                     help="the frozen base's dtype; a half one also turns on autocast in it (float16: for GPUs)")
+    reh.add_argument("--iterations", type=int, default=2, help="steps of an iterative method (closed-form ones run in full)")
+    reh.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a method setting")
+    reh.add_argument("--out", default=None, help="folder; each method writes <out>/<method>/rehearsal.json (default runs/rehearsal/<arch>)")
+    reh.add_argument("--seed", type=int, default=0)
+    reh.add_argument("--device", default="cpu", help="cpu (the point of a rehearsal), or cuda on a GPU")
+    reh.add_argument("--tiny", action="store_true", help="the same architecture at test widths (seconds; for tests)")
+    reh.set_defaults(func=cmd_rehearse)
     methods = sub.add_parser("methods", help="list methods and their settings")
     methods.add_argument("--model", default="digits", help="show the values tuned for this model")
     methods.set_defaults(func=cmd_methods)

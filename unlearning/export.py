@@ -38,6 +38,7 @@ from .edit import Edit
 from .errors import InputError
 from .hosting.profile import redact
 from .models.base import FamilyAdapter
+from .models.catalog import TEXT_TO_IMAGE
 
 
 def pipeline_setting_note(edit: Edit) -> str | None:
@@ -63,15 +64,8 @@ def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Pat
     _check_destination(out)
     model, edited = adapter.edited(edit)  # copies: the base UNet and text encoder are never touched
     with atomic_dir(out) as tmp:
-        if adapter.family == "stable-diffusion":
-            from diffusers import StableDiffusionPipeline
-
-            pipe = StableDiffusionPipeline(
-                vae=adapter.vae, text_encoder=model.text_encoder, tokenizer=adapter.tokenizer, unet=edited,
-                scheduler=adapter.pipeline_scheduler,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
-            pipe.save_pretrained(tmp, safe_serialization=True)
+        if adapter.family in TEXT_TO_IMAGE:  # StableDiffusionPipeline / StableDiffusionXLPipeline of the base's components
+            model.pipeline(edited).save_pretrained(tmp, safe_serialization=True)  # (AdvUnlearn: its edited text encoder)
         elif adapter.family == "novel-view":  # Zero123's own layout (the real checkpoints'), loads with Zero123.from_pretrained
             adapter.with_unet(edited).write_components(tmp, extra_index={"_unlearning_edit": edit.method})
         else:
@@ -207,7 +201,7 @@ def export_lora(adapter: FamilyAdapter, edit: Edit, out: str | Path, rank: int |
 
     if note := pipeline_setting_note(edit):
         raise InputError(f"nothing to write as a LoRA. {note}")
-    if adapter.family != "stable-diffusion":
+    if adapter.family not in TEXT_TO_IMAGE:
         raise InputError(f"a LoRA export is for Stable Diffusion models; this is a {adapter.family} model. "
                          "Export the delta or the full model instead.")
     edit.check_compatible(adapter.unet)

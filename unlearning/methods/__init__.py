@@ -35,6 +35,9 @@ from . import (
 )
 from .base import build_settings, settings_fields
 
+SD = ("class-conditional", "stable-diffusion")
+WITH_XL = (*SD, "stable-diffusion-xl")  # methods rehearsed on SDXL's two text encoders and added embeddings
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -44,7 +47,7 @@ class MethodSpec:
     citation: str
     settings_cls: type
     unlearn: Callable
-    families: tuple[str, ...] = ("class-conditional", "stable-diffusion")
+    families: tuple[str, ...] = SD
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)
     uses_anchor: bool = False
     check_task: Callable | None = None  # (task, settings) -> None; raises InputError for a task the method cannot run
@@ -85,6 +88,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Gandikota et al., Erasing Concepts from Diffusion Models, ICCV 2023",
             settings_cls=esd.ESDSettings,
             unlearn=esd.unlearn,
+            families=WITH_XL,
             # cached trajectories (bench/tune_esd_cached.py on held-out digits 5, 7 and shapes-sd "heart"): 10 steps of
             # batch 8 forget as the earlier reference values did (80 / 60 steps of batch 2, lr 1e-3) in a sixth of the time
             tuned={twin: {"iterations": 10, "lr": 3e-3, "ddim_steps": 25, "batch_size": 8, "start_guidance": guidance,
@@ -121,6 +125,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, ICLR 2024",
             settings_cls=salun.SalUnSettings,
             unlearn=salun.unlearn,
+            families=WITH_XL,
             tuned={twin: {"iterations": 40, "lr": 5e-4, "retain_weight": 1.0, "batch_size": 16} for twin in ("digits", "shapes-sd")},
         ),
         MethodSpec(
@@ -175,6 +180,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="Gandikota et al., Unified Concept Editing in Diffusion Models, WACV 2024",
             settings_cls=uce.UCESettings,
             unlearn=uce.unlearn,
+            families=WITH_XL,
             uses_anchor=True,
         ),
         MethodSpec(
@@ -185,6 +191,7 @@ METHODS: dict[str, MethodSpec] = {
             citation="ScaPre (seed 004; abstract only), designed here as an extension of UCE; see unlearning/methods/scapre.py",
             settings_cls=scapre.ScaPreSettings,
             unlearn=scapre.unlearn,
+            families=WITH_XL,
             uses_anchor=True,
             # tuned on a held-out split (bench/tune_scapre.py: concept order seed 1; the scaling bench uses seed 0)
             tuned={"shapes-sd": {"preserve_scale": 0.4}},

@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from ..edit import Edit
 from ..errors import CancelledError, DivergedError, InputError
 from ..models.base import FamilyAdapter
-from .settings import build_settings, setting, settings_fields, validate_settings  # noqa: F401 (the methods import them from here)
+from .settings import (  # noqa: F401 (the methods import them from here)
+    build_settings,
+    checkpointing_setting,
+    lora_setting,
+    mixed_precision_setting,
+    setting,
+    settings_fields,
+    validate_settings,
+)
 from .uam import Objective, UAMConfig, gradient_step
 
 
@@ -61,16 +69,109 @@ class RunContext:
             self.on_step(StepReport(step, total, loss, extra))
 
 
+# ---- memory: precision, checkpointing, LoRA (settings of the training methods) ------------------
+
+MIXED_PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # the mixed_precision setting's choices
+
+
+@dataclass(frozen=True)
+class Memory:
+    """How a training method holds its copy of the UNet (read from its settings; absent fields mean off)."""
+
+    autocast: torch.dtype | None = None  # mixed_precision
+    checkpointing: bool = False  # gradient_checkpointing
+    lora_rank: int = 0  # lora_rank
+
+    @classmethod
+    def of(cls, settings: Any) -> Memory:
+        return cls(MIXED_PRECISION[getattr(settings, "mixed_precision", "no")], bool(getattr(settings, "gradient_checkpointing", False)),
+                   int(getattr(settings, "lora_rank", 0)))
+
+    def autocast_context(self, device: torch.device):
+        """``torch.autocast`` on the device's type in the chosen dtype, or a no-op. fp16 is refused on a CPU: CPU
+        autocast keeps group norms in the input's fp16 against float32 weights, which fails (measured, torch 2.14)."""
+        import contextlib
+
+        if self.autocast == torch.float16 and device.type == "cpu":
+            raise InputError("mixed_precision=fp16 needs a CUDA GPU (on a CPU, autocast leaves group norms in fp16 against float32 "
+                             "weights); use bf16 on a CPU.")
+        return torch.autocast(device.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+
+    def shares_base(self, base_dtype: torch.dtype) -> bool:
+        """Whether a trained copy can read its frozen weights from the base itself: when they are float32, or
+        autocast computes in their own (half) dtype anyway."""
+        return base_dtype == torch.float32 or base_dtype == self.autocast
+
+
 # ---- the shared training loop ------------------------------------------------------------------
 
-def trainable_copy(adapter: FamilyAdapter, group: str, select: Callable[[str], bool] | None = None) -> tuple[torch.nn.Module, list[str]]:
-    """A float32 copy of the base UNet with only ``group``'s parameters (those ``select`` keeps, if given) trainable."""
-    unet = adapter.frozen_copy_for_training()
-    names = [n for n in adapter.parameter_names(unet, group) if select is None or select(n)]
-    params = dict(unet.named_parameters())
-    for n in names:
-        params[n].requires_grad_(True)
+def trainable_copy(adapter: FamilyAdapter, group: str, settings: Any = None,
+                   select: Callable[[str], bool] | None = None) -> tuple[torch.nn.Module, list[str]]:
+    """A copy of the base UNet whose ``group`` parameters (those ``select`` keeps, if given; or, with ``lora_rank``,
+    LoRA factors on their layers) are float32 and trainable; returns it and the names of the trained parameters
+    (see :func:`trainable_module`)."""
+    names = [n for n in adapter.parameter_names(adapter.unet, group) if select is None or select(n)]
+    return trainable_module(adapter.unet, names, Memory.of(settings))
+
+
+def trainable_module(base: torch.nn.Module, names: Sequence[str], memory: Memory) -> tuple[torch.nn.Module, list[str]]:
+    """A copy of ``base`` whose parameters ``names`` (or, with ``memory.lora_rank``, LoRA factors on their layers)
+    are float32 and trainable; returns it and the names of the trained parameters.
+
+    Frozen parameters are the base's own tensors where :meth:`Memory.shares_base` allows (nothing writes
+    them: they do not require grad), otherwise float32 copies; either way the base is never changed.
+    """
+    import copy
+
+    trained = set() if memory.lora_rank else set(names)
+    share = memory.shares_base(next(base.parameters()).dtype)
+    memo: dict[int, Any] = {}
+    for name, p in base.named_parameters():
+        if name in trained or not share:
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(torch.float32, copy=True), requires_grad=name in trained)
+        else:
+            memo[id(p)] = p
+    module = copy.deepcopy(base, memo)  # modules and buffers copied; parameters as chosen above
+    module.train()
+    if memory.checkpointing:
+        module.enable_gradient_checkpointing()
+    if memory.lora_rank:
+        return add_lora(module, names, memory.lora_rank)
+    return module, list(names)
+
+
+def add_lora(unet: torch.nn.Module, weight_names: Sequence[str], rank: int) -> tuple[torch.nn.Module, list[str]]:
+    """peft LoRA (alpha = rank: the update is B A) on every Linear / Conv2d whose weight is in ``weight_names``;
+    the factors are float32 and the only trainable parameters. Returns the model and their names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    wanted = set(weight_names)
+    targets = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and f"{n}.weight" in wanted]
+    if not targets:
+        raise InputError("this parameter group has no linear or convolution layer a LoRA could be put on; set lora_rank=0.")
+    unet = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0), unet)
+    names = []
+    for name, p in unet.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+            names.append(name)
     return unet, names
+
+
+def lora_weights(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """W_0 + B A (alpha / r) for every LoRA layer of ``model``, keyed by the base's parameter names (float32, CPU).
+    The base's weights are read, never written."""
+    from peft.tuners.lora import LoraLayer
+
+    own = dict(base.named_parameters())
+    out = {}
+    with torch.no_grad():
+        for name, layer in model.named_modules():
+            if isinstance(layer, LoraLayer):
+                w0 = own[f"{name}.weight"]
+                out[f"{name}.weight"] = (w0.float() + layer.get_delta_weight("default").float().to(w0.device)).cpu()
+    return out
 
 
 def optimise(
@@ -87,58 +188,70 @@ def optimise(
     uam: UAMConfig | None = None,
     weight_decay: float = 0.0,
     max_grad_norm: float | None = None,
+    memory: Memory | None = None,
 ) -> list[dict]:
     """Minimise ``loss_fn(step)`` over the named parameters; returns the loss log.
 
     ``loss_fn`` returns the loss (optionally with a dict for the log), or an :class:`Objective` split
-    into forget and retain parts; only the latter can be wrapped by UAM (``uam``). ``optimizer`` "adam", "adamw"
-    (decoupled ``weight_decay``) or "sgd"; ``max_grad_norm`` clips the gradient norm before each step.
+    into forget and retain parts; only the latter can be wrapped by UAM (``uam``). With ``memory.autocast``
+    the losses are computed under autocast (fp16 adds loss scaling). ``optimizer`` "adam", "adamw" (decoupled
+    ``weight_decay``) or "sgd"; ``max_grad_norm`` clips the gradient norm before each step. Gradients of the previous step are
+    dropped before the next forward pass, and all of them when the loop ends.
     Stops with DivergedError the moment the loss or a gradient is not finite, saying what to do.
     """
-    params = [p for n, p in unet.named_parameters() if n in set(names)]
+    memory = memory or Memory()
+    wanted = set(names)
+    params = [p for n, p in unet.named_parameters() if n in wanted]
+    device = params[0].device
     if optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=lr, betas=betas) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=memory.autocast == torch.float16)
     log: list[dict] = []
     for step in range(iterations):
-        out = loss_fn(step)
-        if isinstance(out, Objective):
-            loss, extra = gradient_step(params, out, uam), out.extra
-        else:
-            if uam is not None:
-                raise InputError(f"{method} does not split its loss into forget and retain parts, so UAM cannot wrap it.")
-            loss, extra = out if isinstance(out, tuple) else (out, {})
+        opt.zero_grad(set_to_none=True)
+        with memory.autocast_context(device):
+            out = loss_fn(step)
+            if isinstance(out, Objective) and uam is not None:
+                loss, extra = gradient_step(params, out, uam), out.extra
+            elif isinstance(out, Objective):
+                loss, extra = out.total(), out.extra
+            else:
+                if uam is not None:
+                    raise InputError(f"{method} does not split its loss into forget and retain parts, so UAM cannot wrap it.")
+                loss, extra = out if isinstance(out, tuple) else (out, {})
         if not torch.isfinite(loss):
             raise DivergedError(
                 f"{method}: the loss became {loss.item()} at step {step + 1}; lower the learning rate (now {lr:g}) "
                 "or the number of iterations and run again. The base model is unchanged."
             )
-        if not isinstance(out, Objective):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+        if loss.requires_grad:  # UAM has filled .grad itself
+            scaler.scale(loss).backward()
         if max_grad_norm is not None:
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         entry = {"step": step + 1, "loss": float(loss.item()), **{k: float(v) for k, v in extra.items()}}
         log.append(entry)
         ctx.report(step + 1, iterations, entry["loss"], **{k: v for k, v in entry.items() if k not in {"step", "loss"}})
+    opt.zero_grad(set_to_none=True)
     return log
 
 
 def finish(adapter: FamilyAdapter, unet: torch.nn.Module, names: list[str], *, method: str, settings: Any,
            log: list[dict], started: float) -> Edit:
-    """Package the trained parameters as an Edit (finite-checked; unchanged ones dropped)."""
-    return Edit.from_trained(
-        adapter.unet,
-        unet,
-        names,
-        method=method,
-        settings=dataclasses.asdict(settings),
-        loss_log=log,
-        timings={"unlearn_s": time.perf_counter() - started},
-        base={"source": adapter.source, "family": adapter.family},
-    )
+    """Package the trained parameters as an Edit (finite-checked; unchanged ones dropped); a LoRA-trained
+    copy gives the merged weights W_0 + B A of its layers."""
+    info = dict(method=method, settings=dataclasses.asdict(settings), loss_log=log, base={"source": adapter.source, "family": adapter.family})
+    if Memory.of(settings).lora_rank:
+        merged = lora_weights(unet, adapter.unet)
+        if not all(torch.isfinite(v).all() for v in merged.values()):
+            raise DivergedError(f"{method} produced non-finite LoRA weights; lower the learning rate and run again. "
+                                "The base model is unchanged.")
+        return Edit(params=merged, timings={"unlearn_s": time.perf_counter() - started}, **info)
+    return Edit.from_trained(adapter.unet, unet, names, timings={"unlearn_s": time.perf_counter() - started}, **info)
 
 
 # ---- prompts of a concept and of its anchor (Concept Ablation, MACE) --------------------------------

@@ -84,7 +84,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: CASettings, ctx
         c = adapter.encode_or_null([p.anchor for p in pairs])
     which = torch.tensor(which)
     group, select = GROUPS[s.group]
-    unet, names = trainable_copy(adapter, group, select)
+    unet, names = trainable_copy(adapter, group, s, select=select)
     teacher = adapter.unet if s.teacher == "frozen" else unet
     g = torch.Generator().manual_seed(task.seed)
 

@@ -75,7 +75,7 @@ def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: boo
             kinds.append("keep")
     rows = adapter.token_embeddings_many(texts, positions)
     pick = lambda kind: [r for r, k in zip(rows, kinds, strict=True) if k == kind]  # noqa: E731
-    keep = pick("keep") + [adapter.null_condition(1)[0].float()]  # every row of the unconditional branch, BOS included
+    keep = pick("keep") + [adapter.context(adapter.null_condition(1))[0].float()]  # every row of the unconditional branch, BOS included
     as_cols = lambda rows: torch.cat(rows).double().cpu().T.contiguous()  # noqa: E731
     return ConceptRows(as_cols(pick("erase")), as_cols(pick("target")), as_cols(keep), owner)
 

@@ -36,7 +36,18 @@ import torch.nn.functional as F
 from ..edit import Edit
 from ..errors import InputError
 from ..models.base import FamilyAdapter
-from .base import RunContext, UnlearnTask, finish, optimise, setting, trainable_copy
+from .base import (
+    Memory,
+    RunContext,
+    UnlearnTask,
+    checkpointing_setting,
+    finish,
+    lora_setting,
+    mixed_precision_setting,
+    optimise,
+    setting,
+    trainable_copy,
+)
 from .trajectories import bank_size_setting, refresh_every_setting, trajectory_choice, trajectory_source, twice
 from .uam import Objective, require_retain_loss, uam_config, uam_gamma, uam_rho, uam_switch
 
@@ -60,6 +71,9 @@ class ESDSettings:
     uam: bool = uam_switch()
     uam_rho: float = uam_rho()
     uam_gamma: float = uam_gamma()
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
+    lora_rank: int = lora_setting()
 
     def check(self) -> None:
         require_retain_loss(self, self.retain_weight > 0, "set retain_weight > 0 (distillation on retained concepts)")
@@ -74,7 +88,7 @@ def esd_loss(eps_edit: torch.Tensor, eps0_c: torch.Tensor, eps0_anchor: torch.Te
 def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: ESDSettings, ctx: RunContext) -> Edit:
     started = time.perf_counter()
     # 1. a trainable copy; the adapter's base UNet stays frozen and plays theta*
-    unet, names = trainable_copy(adapter, VARIANT_GROUPS[settings.variant])
+    unet, names = trainable_copy(adapter, VARIANT_GROUPS[settings.variant], settings)
     frozen = adapter.unet
     b = settings.batch_size
     g = torch.Generator().manual_seed(task.seed)
@@ -113,5 +127,5 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: ESDSettings, ct
         return Objective(forget_part, retain_part if retain_conds is not None else None, extra)
 
     log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="ESD",
-                   uam=uam_config(settings))
+                   uam=uam_config(settings), memory=Memory.of(settings))
     return finish(adapter, unet, names, method="esd", settings=settings, log=log, started=started)

@@ -21,7 +21,20 @@ import torch
 
 from ..edit import Edit
 from ..models.base import PARAMETER_GROUPS, FamilyAdapter
-from .base import ConceptPool, RunContext, UnlearnTask, denoising_loss, finish, optimise, setting, trainable_copy
+from .base import (
+    ConceptPool,
+    Memory,
+    RunContext,
+    UnlearnTask,
+    checkpointing_setting,
+    denoising_loss,
+    finish,
+    lora_setting,
+    mixed_precision_setting,
+    optimise,
+    setting,
+    trainable_copy,
+)
 
 
 @dataclass
@@ -33,6 +46,9 @@ class FineTuneSettings:
     remap_forget: bool = setting(False, "also train the forget concept's condition on anchor images")
     remap_weight: float = setting(1.0, "beta: weight of the remapped forget loss", low=0.0)
     group: str = setting("all", "which UNet weights are trained", choices=tuple(PARAMETER_GROUPS))
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
+    lora_rank: int = lora_setting()
 
 
 def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: FineTuneSettings, ctx: RunContext) -> Edit:
@@ -45,7 +61,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: FineTuneSetting
         anchors = [task.anchor_of(c) or task.retain[int(torch.randint(len(task.retain), (1,), generator=g_anchor))] for c in task.forget]
         remap = ConceptPool.build(adapter, anchors, settings.data_size, task.seed + 2, condition_on=task.forget)
     # 2. a trainable copy of the chosen parameter group
-    unet, names = trainable_copy(adapter, settings.group)
+    unet, names = trainable_copy(adapter, settings.group, settings)
     g = torch.Generator().manual_seed(task.seed)
 
     def loss_fn(step: int):
@@ -56,5 +72,6 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: FineTuneSetting
         l_m = denoising_loss(adapter, unet, *remap.batch(settings.batch_size, g), g)
         return l_r + settings.remap_weight * l_m, {"retain_loss": l_r.item(), "remap_loss": l_m.item()}
 
-    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="fine-tuning")
+    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="fine-tuning",
+                   memory=Memory.of(settings))
     return finish(adapter, unet, names, method="finetune", settings=settings, log=log, started=started)

@@ -23,7 +23,20 @@ import torch
 
 from ..edit import Edit
 from ..models.base import PARAMETER_GROUPS, FamilyAdapter
-from .base import ConceptPool, RunContext, UnlearnTask, denoising_loss, finish, optimise, setting, trainable_copy
+from .base import (
+    ConceptPool,
+    Memory,
+    RunContext,
+    UnlearnTask,
+    checkpointing_setting,
+    denoising_loss,
+    finish,
+    lora_setting,
+    mixed_precision_setting,
+    optimise,
+    setting,
+    trainable_copy,
+)
 from .uam import Objective, require_retain_loss, uam_config, uam_gamma, uam_rho, uam_switch
 
 
@@ -38,6 +51,9 @@ class GradientAscentSettings:
     uam: bool = uam_switch()
     uam_rho: float = uam_rho()
     uam_gamma: float = uam_gamma()
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
+    lora_rank: int = lora_setting()
 
     def check(self) -> None:
         require_retain_loss(self, self.retain_weight > 0, "set retain_weight > 0 (NegGrad+)")
@@ -49,7 +65,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: GradientAscentS
     forget = ConceptPool.build(adapter, task.forget, settings.data_size, task.seed)
     retain = ConceptPool.build(adapter, task.retain, settings.data_size, task.seed + 1) if settings.retain_weight > 0 else None
     # 2. a trainable copy of the chosen parameter group
-    unet, names = trainable_copy(adapter, settings.group)
+    unet, names = trainable_copy(adapter, settings.group, settings)
     g = torch.Generator().manual_seed(task.seed)
 
     def loss_fn(step: int) -> Objective:
@@ -69,5 +85,5 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: GradientAscentS
         return Objective(forget_part, retain_part if retain else None, extra)
 
     log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="gradient ascent",
-                   uam=uam_config(settings))
+                   uam=uam_config(settings), memory=Memory.of(settings))
     return finish(adapter, unet, names, method="gradient_ascent", settings=settings, log=log, started=started)

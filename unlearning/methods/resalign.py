@@ -24,8 +24,10 @@ Notation (paper, Sec. 3 and Algorithms 1-2):
     outer loss     (1 - lam) L_h(theta) + lam L_h(w*(theta)) + w_r R(theta)
 
 Choices recorded here (the paper or card leaves them open):
-- The simulated fine-tune runs in place on a copy of the weights and is then undone from a snapshot:
-  the implicit gradient needs only w*, never the unrolled trajectory.
+- The simulated fine-tune runs in place on a copy of the weights and is then undone (LoRA factors from a
+  snapshot; the weights of W(theta), which change only inside a simulated fine-tune, from the base they are
+  a float32 copy of): the implicit gradient needs only w*, never the unrolled trajectory. The simulated
+  optimiser and its gradients are dropped before the Hessian-vector products (memory).
 - "full" configurations fine-tune every weight of W(theta) with the LoRA update held fixed; v lives in
   weight space and reaches theta through the LoRA product (a vector-Jacobian product of B A).
   "lora" configurations fine-tune theta itself, so v is the hypergradient directly.
@@ -40,7 +42,6 @@ Choices recorded here (the paper or card leaves them open):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import itertools
@@ -56,7 +57,17 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..edit import Edit
 from ..errors import DivergedError, InputError
 from ..models.base import FamilyAdapter
-from .base import ConceptPool, RunContext, UnlearnTask, forward_noise, setting
+from .base import (
+    ConceptPool,
+    Memory,
+    RunContext,
+    UnlearnTask,
+    checkpointing_setting,
+    forward_noise,
+    lora_weights,
+    mixed_precision_setting,
+    setting,
+)
 from .esd import esd_loss
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # every attention projection, self and cross
@@ -96,8 +107,11 @@ class ResAlignSettings:
     negative_guidance: float = setting(1.0, "eta of the esd objective", low=0.0)
     lora_rank: int = setting(4, "r of the LoRA on every attention projection (paper 4)", low=1, high=256)
     lora_alpha: float = setting(4.0, "LoRA alpha; the update is scaled by alpha / r", low=0.0, low_inclusive=False)
-    mixed_precision: str = setting("no", "autocast on CUDA: no, fp16 or bf16 (ignored on CPU)", choices=("no", "fp16", "bf16"))
-    gradient_checkpointing: bool = setting(False, "recompute UNet activations in the backward pass (less memory, slower)")
+    ft_spaces: str = setting("lora,full", "what the simulated fine-tunes train: the LoRA factors, every weight of W(theta), or both "
+                             "(paper); 'lora' alone needs no weight-sized gradients, optimiser moments or Hessian-vector products",
+                             choices=("lora,full", "lora", "full"))
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
 
     def check(self) -> None:
         for name, parse, low in (("ft_lrs", _floats, 0.0), ("ft_steps", _ints, 0)):
@@ -133,18 +147,19 @@ class FineTuneConfig:
 def draw_configs(settings: ResAlignSettings, n_pools: int, g: torch.Generator) -> list[FineTuneConfig]:
     """``num_configs`` distinct configurations drawn from the product space (all of it when smaller)."""
     space = [FineTuneConfig(*c) for c in itertools.product(_floats(settings.ft_lrs), _ints(settings.ft_steps), (False, True),
-                                                            ("lora", "full"), ("sgd", "adam"), range(n_pools))]
+                                                            settings.ft_spaces.split(","), ("sgd", "adam"), range(n_pools))]
     order = torch.randperm(len(space), generator=g).tolist()
     return [space[i] for i in order[: settings.num_configs]]
 
 
-def inject_lora(unet: torch.nn.Module, rank: int, alpha: float) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
-    """A copy of ``unet`` with peft LoRA on every attention projection; returns it and its LoRA layers by name."""
+def inject_lora(unet: torch.nn.Module, rank: int, alpha: float, *, in_place: bool = False) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+    """A copy of ``unet`` (``in_place``: ``unet`` itself, for a caller's own fresh copy) with peft LoRA on every
+    attention projection; returns it and its LoRA layers by name."""
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS), lora_dropout=0.0)
-    model = inject_adapter_in_model(config, copy.deepcopy(unet))
+    model = inject_adapter_in_model(config, unet if in_place else copy.deepcopy(unet))
     return model, {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
@@ -173,16 +188,16 @@ class ResAlign:
         self.configs = draw_configs(settings, len(self.pools), self.g)
         # 2. theta: LoRA on a float32 copy; the adapter's base UNet stays frozen and plays theta_0
         self.frozen = adapter.unet
-        self.model, self.layers = inject_lora(adapter.frozen_copy_for_training(), settings.lora_rank, settings.lora_alpha)
+        self.model, self.layers = inject_lora(adapter.frozen_copy_for_training(), settings.lora_rank, settings.lora_alpha, in_place=True)
         if settings.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.model.train()
         self.theta = {n: p for n, p in self.model.named_parameters() if "lora_" in n}
         self.weights = {n: p for n, p in self.model.named_parameters() if "lora_" not in n}
+        base = dict(adapter.unet.named_parameters())
+        self.origin = {n: base[n.replace(".base_layer.", ".")] for n in self.weights}  # what a full fine-tune is undone to
         self._set_trainable(self.theta)
-        on_cuda = adapter.device.type == "cuda" and settings.mixed_precision != "no"
-        dtype = torch.float16 if settings.mixed_precision == "fp16" else torch.bfloat16
-        self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if on_cuda else contextlib.nullcontext
+        self.memory = Memory.of(settings)
 
     # ---- the losses ------------------------------------------------------------------------------
     def _set_trainable(self, params: dict[str, torch.Tensor]) -> None:
@@ -192,7 +207,7 @@ class ResAlign:
             p.requires_grad_(True)
 
     def _eps(self, unet, x_t, t, c) -> torch.Tensor:
-        with self.autocast():
+        with self.memory.autocast_context(self.adapter.device):
             return self.adapter.eps(unet, x_t, t, c).float()
 
     def harmful_loss(self) -> torch.Tensor:
@@ -229,7 +244,7 @@ class ResAlign:
     def hypergradient(self, cfg: FineTuneConfig) -> tuple[dict[str, torch.Tensor] | None, dict]:
         """J^T (I + H)^-1 grad L_h(w*) in theta space, or None when the norm gate falls back."""
         params = self.theta if cfg.space == "lora" else self.weights
-        snapshot = {n: p.detach().clone() for n, p in params.items()}
+        snapshot = {n: p.detach().clone() for n, p in params.items()} if cfg.space == "lora" else self.origin
         self._set_trainable(params)
         try:
             # 1. w*: the simulated user's fine-tune from theta, with a fresh optimiser
@@ -238,6 +253,9 @@ class ResAlign:
                 opt.zero_grad(set_to_none=True)
                 self.finetune_loss(cfg).backward()
                 opt.step()
+            del opt  # Adam's moments: two more weight-sized buffers, not needed past w*
+            for p in params.values():
+                p.grad = None
             # 2. g = grad L_h(w*), and grad L_FT(w*) kept differentiable for Hessian-vector products
             ws = list(params.values())
             g = [x.detach() for x in torch.autograd.grad(self.harmful_loss(), ws)]
@@ -312,19 +330,13 @@ class ResAlign:
         return {"loss": float(loss.item()), "harmful_loss": float(l_h.item()), "retain_loss": float(r.item()),
                 "retain_weight": w_r, "hypergrad_norm": sum(norms) / len(norms), "fallbacks": fallbacks}
 
-    def merged(self) -> tuple[torch.nn.Module, list[str]]:
-        """W(theta): a plain copy of the base with B A (alpha / r) merged into each projection, finite-checked."""
-        unet = self.adapter.frozen_copy_for_training()
-        own = dict(unet.named_parameters())
-        names = []
-        with torch.no_grad():
-            for name, layer in self.layers.items():
-                merged = own[f"{name}.weight"] + layer.get_delta_weight("default")
-                if not torch.isfinite(merged).all():
-                    raise DivergedError(f"ResAlign produced non-finite weights in '{name}'; lower the learning rate.")
-                own[f"{name}.weight"].copy_(merged)
-                names.append(f"{name}.weight")
-        return unet, names
+    def merged(self) -> dict[str, torch.Tensor]:
+        """W(theta) of every projection: the base's weight + B A (alpha / r), finite-checked (no copy of the UNet)."""
+        weights = lora_weights(self.model, self.adapter.unet)
+        for name, value in weights.items():
+            if not torch.isfinite(value).all():
+                raise DivergedError(f"ResAlign produced non-finite weights in '{name}'; lower the learning rate.")
+        return weights
 
 
 def richardson(hvp: Callable[[list[torch.Tensor]], list[torch.Tensor]], g: list[torch.Tensor], a: float,
@@ -350,7 +362,5 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: ResAlignSetting
         entry = {"step": step + 1, **state.step(step, opt)}
         log.append(entry)
         ctx.report(step + 1, settings.iterations, entry["loss"], **{k: v for k, v in entry.items() if k not in {"step", "loss"}})
-    unet, names = state.merged()
-    return Edit.from_trained(adapter.unet, unet, names, method="resalign", settings=dataclasses.asdict(settings), loss_log=log,
-                             timings={"unlearn_s": time.perf_counter() - started},
-                             base={"source": adapter.source, "family": adapter.family})
+    return Edit(params=state.merged(), method="resalign", settings=dataclasses.asdict(settings), loss_log=log,
+                timings={"unlearn_s": time.perf_counter() - started}, base={"source": adapter.source, "family": adapter.family})

@@ -37,11 +37,14 @@ from ..errors import InputError
 from ..models.base import PARAMETER_GROUPS, FamilyAdapter
 from .base import (
     ConceptPool,
+    Memory,
     RunContext,
     UnlearnTask,
+    checkpointing_setting,
     denoising_loss,
     finish,
     forward_noise,
+    mixed_precision_setting,
     optimise,
     setting,
     trainable_copy,
@@ -60,6 +63,8 @@ class SalUnSettings:
     saliency_batches: int = setting(8, "forget batches whose gradient makes the saliency map (paper: the whole forget set)",
                                     low=1, high=1000)
     group: str = setting("all", "which UNet weights are candidates for the mask", choices=tuple(PARAMETER_GROUPS))
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
 
 
 def salun_loss(eps_forget: torch.Tensor, eps_pseudo: torch.Tensor, loss_retain: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -72,23 +77,43 @@ def saliency_mask(adapter: FamilyAdapter, unet: torch.nn.Module, names: list[str
     """m_S per parameter (bool, same shape): True where |sum of forget-loss gradients| is in the top ``fraction``.
 
     The threshold is strict (``>`` the k-th smallest magnitude), so ties never let more than
-    ``fraction`` of the entries through.
+    ``fraction`` of the entries through. Gradients are summed in the parameters' own ``.grad`` (one buffer of the
+    group's size, freed on return) and the threshold is found without a concatenated copy of all of them.
     """
     params = dict(unet.named_parameters())
-    grads = {n: torch.zeros_like(params[n]) for n in names}
+    wanted = [params[n] for n in names]
+    for p in wanted:
+        p.grad = None
     for _ in range(batches):
-        loss = denoising_loss(adapter, unet, *forget.batch(batch_size, g), g)
-        for n, grad in zip(names, torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True), strict=True):
-            if grad is not None:
-                grads[n] += grad
-    flat = torch.cat([v.abs().flatten() for v in grads.values()])  # (P,)
-    keep = int(fraction * flat.numel())
+        denoising_loss(adapter, unet, *forget.batch(batch_size, g), g).backward()  # sums into .grad
+    grads = {n: params[n].grad.abs_() if params[n].grad is not None else torch.zeros_like(params[n]) for n in names}
+    for p in wanted:
+        p.grad = None
+    total = sum(v.numel() for v in grads.values())
+    keep = int(fraction * total)
     if keep == 0:
-        raise InputError(f"mask_fraction = {fraction:g} leaves no weight trainable in this group ({flat.numel()} weights); raise it.")
-    if keep >= flat.numel():
+        raise InputError(f"mask_fraction = {fraction:g} leaves no weight trainable in this group ({total} weights); raise it.")
+    if keep >= total:
         return {n: torch.ones_like(v, dtype=torch.bool) for n, v in grads.items()}
-    threshold = flat.kthvalue(flat.numel() - keep).values  # at most `keep` entries are strictly above it
-    return {n: v.abs() > threshold for n, v in grads.items()}
+    threshold = top_threshold(list(grads.values()), keep)
+    return {n: v > threshold for n, v in grads.items()}
+
+
+def top_threshold(magnitudes: list[torch.Tensor], keep: int) -> float:
+    """The smallest float32 t with at most ``keep`` entries strictly above it: the same mask as ``> kthvalue(P - keep)``
+    of all entries, found by bisection over float32 bit patterns (31 counting passes, no (P,) copy)."""
+    def above(bits: int) -> int:
+        t = torch.tensor(bits, dtype=torch.int32).view(torch.float32).item()
+        return sum(int((m > t).sum()) for m in magnitudes)
+
+    lo, hi = 0, 0x7F800000  # the bit patterns of 0.0 and +inf (nothing is above +inf)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if above(mid) <= keep:
+            hi = mid
+        else:
+            lo = mid + 1
+    return torch.tensor(lo, dtype=torch.int32).view(torch.float32).item()
 
 
 def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: SalUnSettings, ctx: RunContext) -> Edit:
@@ -100,12 +125,14 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: SalUnSettings, 
     retain = ConceptPool.build(adapter, task.retain, settings.data_size, task.seed + 1)
     with torch.no_grad():
         pseudo_conds = adapter.encode([adapter.prompt_for(c) for c in task.retain])  # (R, T, D)
-    unet, names = trainable_copy(adapter, settings.group)
+    unet, names = trainable_copy(adapter, settings.group, settings)
+    memory = Memory.of(settings)
     g = torch.Generator().manual_seed(task.seed)
 
     # 2. weight saliency: which weights the forget loss depends on most
-    mask = saliency_mask(adapter, unet, names, forget, fraction=settings.mask_fraction,
-                         batches=settings.saliency_batches, batch_size=settings.batch_size, g=g)
+    with memory.autocast_context(adapter.device):
+        mask = saliency_mask(adapter, unet, names, forget, fraction=settings.mask_fraction,
+                             batches=settings.saliency_batches, batch_size=settings.batch_size, g=g)
     params = dict(unet.named_parameters())
     for n in names:  # hooks live on this copy only; the base UNet is never touched
         params[n].register_hook(lambda grad, m=mask[n]: grad * m)
@@ -123,7 +150,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: SalUnSettings, 
         extra = {"relabel_loss": F.mse_loss(eps_forget, eps_pseudo).item(), "retain_loss": l_r.item()}
         return salun_loss(eps_forget, eps_pseudo, l_r, settings.retain_weight), extra
 
-    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="SalUn")
+    log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="SalUn", memory=memory)
     # 5. exact: frozen entries are copied back from the base (the masked gradient already kept them there)
     base = dict(adapter.unet.named_parameters())
     with torch.no_grad():

@@ -77,6 +77,8 @@ def validate_settings(settings: Any) -> None:
             raise InputError(f"setting '{f.name}' must be {op} {low}; got {value}.")
         if high is not None and value > high:
             raise InputError(f"setting '{f.name}' must be <= {high}; got {value}.")
+    if getattr(settings, "uam", False) and getattr(settings, "mixed_precision", "no") == "fp16":
+        raise InputError("UAM takes its gradients itself, without fp16's loss scaling: use mixed_precision=bf16 (or no) with UAM.")
     check = getattr(settings, "check", None)
     if check is not None:
         check()
@@ -95,3 +97,21 @@ def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str
     settings = settings_cls(**values)
     validate_settings(settings)
     return settings
+
+
+# ---- memory settings of the training methods (read by methods.base.Memory) -------------------------
+
+def mixed_precision_setting():
+    return setting("no", "autocast: run the UNet's matrix products in fp16 or bf16 (also on CPU); trained weights, the optimiser "
+                   "and the loss stay float32, frozen weights are read in the base model's dtype without a copy (fp16: with "
+                   "loss scaling)", choices=("no", "fp16", "bf16"))
+
+
+def checkpointing_setting():
+    return setting(False, "gradient checkpointing: recompute the UNet's activations in the backward pass instead of keeping "
+                   "them (much less memory, about a third slower)")
+
+
+def lora_setting():
+    return setting(0, "train a rank-r LoRA on the group's linear and convolution layers instead of the weights themselves "
+                   "(0 = the weights; norms and biases stay); merged into the weights at the end", low=0, high=256)

@@ -57,7 +57,6 @@ timings.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -70,7 +69,17 @@ from ..errors import CancelledError, DivergedError, InputError
 from ..models.novel_view import BLANK, NovelViewAdapter
 from ..models.view_sampling import azimuth_grid, plan_skipping, run_trajectories
 from ..models.zero123 import Condition, pose_vector
-from .base import RunContext, UnlearnTask, setting
+from .base import (
+    Memory,
+    RunContext,
+    UnlearnTask,
+    checkpointing_setting,
+    lora_setting,
+    lora_weights,
+    mixed_precision_setting,
+    setting,
+    trainable_module,
+)
 
 PAPER_SPEEDUP = {12: 1.22, 16: 1.32}  # the paper's unlearning wall-clock speedup at 4 references, by skip (of 32)
 
@@ -105,8 +114,13 @@ class Skip3DSettings:
     generator: str = setting("last-step", "how G makes x_g: its x0-prediction, with gradients, from a random step of its own "
                              "cached DDIM trajectory ('trajectory') or from the last step only ('last-step', default)",
                              choices=("trajectory", "last-step"))
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
+    lora_rank: int = lora_setting()
 
     def check(self) -> None:
+        if self.mixed_precision == "fp16":
+            raise InputError("skip3d has no loss scaling for fp16 autocast: use mixed_precision=bf16 (or no).")
         for name in ("skip", "skip_near", "skip_far") if self.dynamic else ("skip",):
             if getattr(self, name) >= self.steps:
                 raise InputError(f"setting '{name}' ({getattr(self, name)}) must be below the number of steps ({self.steps}): "
@@ -181,10 +195,14 @@ def unlearn_views(adapter: NovelViewAdapter, task: ViewTask, settings: Skip3DSet
     device = adapter.device
     g = torch.Generator().manual_seed(task.seed)
     teacher = adapter.unet
-    gen = copy.deepcopy(teacher).float().train().requires_grad_(True)
-    fake = copy.deepcopy(teacher).float().train().requires_grad_(True)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=s.lr_gen, betas=(s.beta1, 0.999), eps=1e-8)
-    opt_f = torch.optim.Adam(fake.parameters(), lr=s.lr_fake, betas=(s.beta1, 0.999), eps=1e-8)
+    memory = Memory.of(s)  # G and S_f: float32 copies, or LoRA on the teacher's (shared) weights with lora_rank
+    everything = [n for n, _ in teacher.named_parameters()]
+    gen, gen_names = trainable_module(teacher, everything, memory)
+    fake, fake_names = trainable_module(teacher, everything, memory)
+    gen_params, fake_params = ([p for n, p in net.named_parameters() if n in trained]
+                               for net, trained in ((gen, set(gen_names)), (fake, set(fake_names))))
+    opt_g = torch.optim.Adam(gen_params, lr=s.lr_gen, betas=(s.beta1, 0.999), eps=1e-8)
+    opt_f = torch.optim.Adam(fake_params, lr=s.lr_fake, betas=(s.beta1, 0.999), eps=1e-8)
 
     azimuths = azimuth_grid(s.azimuth_step)
     inputs = [task.forget, *task.remain]
@@ -211,78 +229,81 @@ def unlearn_views(adapter: NovelViewAdapter, task: ViewTask, settings: Skip3DSet
     n_batches = math.ceil(len(cond_all) / s.batch_size)
     total = s.epochs * n_batches
     step = 0
-    for epoch in range(s.epochs):
-        t0 = time.perf_counter()
-        gen.eval()
-        parts, hists, valids = [], [], []
-        for i, c in enumerate(conds):
-            # the "trajectory" generator keeps the latent every step starts from (skipped steps stay invalid)
-            hist = torch.zeros((s.steps - 1, len(c), *noise.shape[1:]), dtype=noise.dtype, device=noise.device) \
-                if s.generator == "trajectory" else None
-            valid = torch.zeros((s.steps - 1, len(c)), dtype=torch.bool)
+    with memory.autocast_context(device):  # no-op unless mixed_precision
+        for epoch in range(s.epochs):
+            t0 = time.perf_counter()
+            gen.eval()
+            parts, hists, valids = [], [], []
+            for i, c in enumerate(conds):
+                # the "trajectory" generator keeps the latent every step starts from (skipped steps stay invalid)
+                hist = torch.zeros((s.steps - 1, len(c), *noise.shape[1:]), dtype=noise.dtype, device=noise.device) \
+                    if s.generator == "trajectory" else None
+                valid = torch.zeros((s.steps - 1, len(c)), dtype=torch.bool)
 
-            def on_step(k: int, active: list[int], x: torch.Tensor, hist=hist, valid=valid) -> None:
-                if ctx.cancel.is_set():
-                    raise CancelledError("the run was cancelled; the base model is unchanged.")
+                def on_step(k: int, active: list[int], x: torch.Tensor, hist=hist, valid=valid) -> None:
+                    if ctx.cancel.is_set():
+                        raise CancelledError("the run was cancelled; the base model is unchanged.")
+                    if hist is not None:
+                        hist[k, active] = x
+                        valid[k, active] = True
+
+                lat, info = run_trajectories(adapter, gen, c, steps=s.steps, guidance=s.guidance, noise=noise,
+                                             plan=plans[i] if plans else None, stop_before_last=True, on_step=on_step)
+                parts.append(lat)
                 if hist is not None:
-                    hist[k, active] = x
-                    valid[k, active] = True
-
-            lat, info = run_trajectories(adapter, gen, c, steps=s.steps, guidance=s.guidance, noise=noise,
-                                         plan=plans[i] if plans else None, stop_before_last=True, on_step=on_step)
-            parts.append(lat)
-            if hist is not None:
-                hists.append(hist)
-                valids.append(valid)
-            evals += info["unet_evals"]
-        x_before_last = torch.cat(parts)
-        if hists:
-            hist, valid = torch.cat(hists, 1), torch.cat(valids, 1)  # (steps - 1, views, ...), (steps - 1, views)
-        traj_s += time.perf_counter() - t0
-        gen.train()
-        perm = torch.randperm(len(cond_all), generator=g)
-        for b in range(n_batches):
-            idx = perm[b * s.batch_size : (b + 1) * s.batch_size]
-            c, ct, w = cond_all.index(idx), teacher_cond.index(idx), weight[idx]
-            if hists:  # a random step each view actually computed (skipped views start at their jump)
-                ks = torch.stack([torch.multinomial(valid[:, v].float(), 1, generator=g)[0] for v in idx.tolist()])
-                x_start, t_vec = hist[ks, idx], sched.timesteps[ks].to(device)
-            else:
-                x_start, t_vec = x_before_last[idx], torch.full((len(idx),), int(t_last), device=device)
-            x_g = adapter.x0_prediction(gen, x_start, t_vec, c)  # with gradients into G
-            t = torch.randint(s.t_min, s.t_max, (len(idx),), generator=g).to(device)
-            eps = torch.randn(x_g.shape, generator=g).to(device)
-            a = alphas[t].reshape(-1, 1, 1, 1)
-            # (a) fake score on G's current samples, G fixed
-            x_t = a.sqrt() * x_g.detach() + (1 - a).sqrt() * eps
-            pred = fake(torch.cat([x_t, c.latent], 1), t, encoder_hidden_states=c.token).sample
-            loss_f = ((pred - eps) ** 2).flatten(1).mean(1).mul(w).sum() / len(idx)
-            opt_f.zero_grad(set_to_none=True)
-            loss_f.backward()
-            _sanitise_and_clip(fake.parameters(), s.grad_clip)
-            opt_f.step()
-            # (b) generator, S_f fixed; gradients reach G through x_g only
-            x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
-            with torch.no_grad():
-                y_real = adapter.x0_prediction(teacher, x_t.detach().to(teacher.dtype), t,
-                                               Condition(ct.token.to(teacher.dtype), ct.latent.to(teacher.dtype))).float()
-                y_fake = adapter.x0_prediction(fake, x_t.detach(), t, c)
-                scale = (x_g.detach() - y_real).abs().flatten(1).mean(1).clamp_min(1e-5)
-            per = ((y_real - y_fake) * (y_fake - x_g)).flatten(1).sum(1) / scale
-            loss_g = (per * w).sum() / len(idx)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            gnorm = _sanitise_and_clip(gen.parameters(), s.grad_clip)
-            opt_g.step()
-            step += 1
-            if not (math.isfinite(loss_f.item()) and math.isfinite(loss_g.item())):
-                raise DivergedError(f"skip3d: the loss became non-finite at step {step}; lower lr_gen / lr_fake and run again. "
-                                    "The base model is unchanged.")
-            forget_gap = float(((y_real - x_g.detach()).abs().flatten(1).mean(1)[is_forget[idx]]).mean()) if is_forget[idx].any() else float("nan")
-            entry = {"step": step, "epoch": epoch + 1, "loss": float(loss_g.item()), "fake_loss": float(loss_f.item()),
-                     "grad_norm": gnorm, "forget_gap": forget_gap}
-            log.append(entry)
-            ctx.report(step, total, entry["loss"], fake_loss=entry["fake_loss"], forget_gap=forget_gap)
+                    hists.append(hist)
+                    valids.append(valid)
+                evals += info["unet_evals"]
+            x_before_last = torch.cat(parts)
+            if hists:
+                hist, valid = torch.cat(hists, 1), torch.cat(valids, 1)  # (steps - 1, views, ...), (steps - 1, views)
+            traj_s += time.perf_counter() - t0
+            gen.train()
+            perm = torch.randperm(len(cond_all), generator=g)
+            for b in range(n_batches):
+                idx = perm[b * s.batch_size : (b + 1) * s.batch_size]
+                c, ct, w = cond_all.index(idx), teacher_cond.index(idx), weight[idx]
+                if hists:  # a random step each view actually computed (skipped views start at their jump)
+                    ks = torch.stack([torch.multinomial(valid[:, v].float(), 1, generator=g)[0] for v in idx.tolist()])
+                    x_start, t_vec = hist[ks, idx], sched.timesteps[ks].to(device)
+                else:
+                    x_start, t_vec = x_before_last[idx], torch.full((len(idx),), int(t_last), device=device)
+                x_g = adapter.x0_prediction(gen, x_start, t_vec, c)  # with gradients into G
+                t = torch.randint(s.t_min, s.t_max, (len(idx),), generator=g).to(device)
+                eps = torch.randn(x_g.shape, generator=g).to(device)
+                a = alphas[t].reshape(-1, 1, 1, 1)
+                # (a) fake score on G's current samples, G fixed
+                x_t = a.sqrt() * x_g.detach() + (1 - a).sqrt() * eps
+                pred = fake(torch.cat([x_t, c.latent], 1), t, encoder_hidden_states=c.token).sample
+                loss_f = ((pred - eps) ** 2).flatten(1).mean(1).mul(w).sum() / len(idx)
+                opt_f.zero_grad(set_to_none=True)
+                loss_f.backward()
+                _sanitise_and_clip(fake_params, s.grad_clip)
+                opt_f.step()
+                # (b) generator, S_f fixed; gradients reach G through x_g only
+                x_t = a.sqrt() * x_g + (1 - a).sqrt() * eps
+                with torch.no_grad():
+                    y_real = adapter.x0_prediction(teacher, x_t.detach().to(teacher.dtype), t,
+                                                   Condition(ct.token.to(teacher.dtype), ct.latent.to(teacher.dtype))).float()
+                    y_fake = adapter.x0_prediction(fake, x_t.detach(), t, c)
+                    scale = (x_g.detach() - y_real).abs().flatten(1).mean(1).clamp_min(1e-5)
+                per = ((y_real - y_fake) * (y_fake - x_g)).flatten(1).sum(1) / scale
+                loss_g = (per * w).sum() / len(idx)
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                gnorm = _sanitise_and_clip(gen_params, s.grad_clip)
+                opt_g.step()
+                step += 1
+                if not (math.isfinite(loss_f.item()) and math.isfinite(loss_g.item())):
+                    raise DivergedError(f"skip3d: the loss became non-finite at step {step}; lower lr_gen / lr_fake and run again. "
+                                        "The base model is unchanged.")
+                forget_gap = float(((y_real - x_g.detach()).abs().flatten(1).mean(1)[is_forget[idx]]).mean()) if is_forget[idx].any() else float("nan")
+                entry = {"step": step, "epoch": epoch + 1, "loss": float(loss_g.item()), "fake_loss": float(loss_f.item()),
+                         "grad_norm": gnorm, "forget_gap": forget_gap}
+                log.append(entry)
+                ctx.report(step, total, entry["loss"], fake_loss=entry["fake_loss"], forget_gap=forget_gap)
+    if memory.lora_rank:  # a plain UNet of the teacher's dtype with W_0 + B A merged
+        gen = Edit(params=lora_weights(gen, teacher)).apply_to_copy(teacher)
     gen.eval().requires_grad_(False)
     for p in gen.parameters():
         if not torch.isfinite(p).all():

@@ -64,6 +64,13 @@ class Objective:
     retain: Callable[[], torch.Tensor] | None = None  # L_r at the current weights (None: the method has none)
     extra: dict[str, float] = field(default_factory=dict)  # filled by the callables for the loss log
 
+    def total(self) -> torch.Tensor:
+        """L = L_f + L_r at the current weights (the parts that exist), with its graph."""
+        parts = [part() for part in (self.forget, self.retain) if part is not None]
+        if not parts:
+            raise ValueError("an Objective needs a forget or a retain part")
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
 
 @dataclass(frozen=True)
 class UAMConfig:
@@ -99,12 +106,9 @@ def _flat(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor]) 
 
 def combined_step(params: Sequence[torch.Tensor], objective: Objective) -> torch.Tensor:
     """Without UAM: L = L_f + L_r at w, gradients into ``.grad``; returns L (detached)."""
-    parts = [part() for part in (objective.forget, objective.retain) if part is not None]
-    if not parts:
-        raise ValueError("an Objective needs a forget or a retain part")
-    loss = parts[0] if len(parts) == 1 else parts[0] + parts[1]
     for p in params:
         p.grad = None
+    loss = objective.total()
     loss.backward()
     return loss.detach()
 

@@ -32,8 +32,8 @@ Choices recorded here (the paper does not state them):
   (``step-*.safetensors``: fp16 differences from the final weights, keys ``unet.<parameter name>``),
   each rebuilt as final + difference. sigma^2 is their population variance (numpy's ``var``,
   ddof = 0). A folder without enough snapshots gets them from :func:`make_snapshots`: independent
-  short continuations of ordinary training from the deployed weights (the card's recipe for a real
-  model with no checkpoints), on captioned data of every concept the model knows (open-vocabulary
+  short continuations of ordinary training of the run's parameter group from the deployed weights (the
+  card's recipe for a real model with no checkpoints), on captioned data of every concept the model knows (open-vocabulary
   models: the run's forget and retained concepts). They are kept on the loaded model, so later runs
   (and the K ablation) reuse them.
 - ``sigma_floor`` floors the standard deviation, sigma^2 >= sigma_floor^2: weights that did not move
@@ -73,7 +73,19 @@ from safetensors import safe_open
 from ..edit import Edit
 from ..errors import InputError
 from ..models.base import PARAMETER_GROUPS, FamilyAdapter
-from .base import ConceptPool, RunContext, UnlearnTask, denoising_loss, finish, optimise, setting, trainable_copy
+from .base import (
+    ConceptPool,
+    Memory,
+    RunContext,
+    UnlearnTask,
+    checkpointing_setting,
+    denoising_loss,
+    finish,
+    mixed_precision_setting,
+    optimise,
+    setting,
+    trainable_copy,
+)
 from .uam import Objective, require_retain_loss, uam_config, uam_gamma, uam_rho, uam_switch
 
 logger = logging.getLogger(__name__)
@@ -101,6 +113,8 @@ class VDUSettings:
     uam: bool = uam_switch()
     uam_rho: float = uam_rho()
     uam_gamma: float = uam_gamma()
+    mixed_precision: str = mixed_precision_setting()
+    gradient_checkpointing: bool = checkpointing_setting()
 
     def check(self) -> None:
         require_retain_loss(self, self.gamma > 0, "VDU's retain loss is its Gaussian anchor; set gamma > 0")
@@ -143,12 +157,13 @@ def load_snapshots(source: str | Path, names: list[str], limit: int) -> list[dic
 
 def make_snapshots(adapter: FamilyAdapter, n: int, steps: int, *, lr: float = 1e-5, per_concept: int = 16,
                    batch_size: int = 8, seed: int = 0, concepts: list[str] | None = None,
-                   first: int = 0) -> list[dict[str, torch.Tensor]]:
+                   first: int = 0, group: str = "all") -> list[dict[str, torch.Tensor]]:
     """``n`` snapshots for a model that ships none: each an independent continuation of ordinary
-    training (L_simple on captioned data of every concept the model knows, or of ``concepts`` for an
-    open-vocabulary model; Adam, ``steps`` steps, its own seed) from the deployed weights; returned as
-    float32 differences from them, for every UNet parameter. Snapshot k (counting from ``first``) draws
-    its batches with seed + 1 + k, so asking for more later extends the same list."""
+    training of the ``group``'s weights (L_simple on captioned data of every concept the model knows, or
+    of ``concepts`` for an open-vocabulary model; Adam, ``steps`` steps, its own seed) from the deployed
+    weights; returned as float32 differences from them, for the group's parameters (VDU reads no others;
+    a full-size UNet trained whole would need ~14 GB more for SD 1.5). Snapshot k (counting from
+    ``first``) draws its batches with seed + 1 + k, so asking for more later extends the same list."""
     concepts = adapter.concepts() or list(concepts or [])
     if not concepts:
         raise InputError("this model has no named concepts to continue training on, and ships no snapshots/ for VDU.")
@@ -156,7 +171,7 @@ def make_snapshots(adapter: FamilyAdapter, n: int, steps: int, *, lr: float = 1e
     base = dict(adapter.unet.named_parameters())
     diffs = []
     for k in range(first, first + n):
-        unet, names = trainable_copy(adapter, "all")
+        unet, names = trainable_copy(adapter, group)
         g = torch.Generator().manual_seed(seed + 1 + k)
         opt = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=lr)
         for _ in range(steps):
@@ -164,7 +179,8 @@ def make_snapshots(adapter: FamilyAdapter, n: int, steps: int, *, lr: float = 1e
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        diffs.append({name: (p.detach() - base[name].float()).cpu() for name, p in unet.named_parameters()})
+        trained = set(names)
+        diffs.append({name: (p.detach() - base[name].float()).cpu() for name, p in unet.named_parameters() if name in trained})
         logger.info("VDU: made snapshot %d/%d (%d steps of continued training)", k + 1, first + n, steps)
     return diffs
 
@@ -174,12 +190,12 @@ def made_snapshots(adapter: FamilyAdapter, n: int, settings: VDUSettings, task: 
     (keyed by recipe; the made ones depend only on the model, the recipe and the seed)."""
     cache = adapter.__dict__.setdefault("_vdu_snapshots", {})
     concepts = adapter.concepts() or sorted({*task.forget, *task.retain})
-    key = (settings.snapshot_steps, settings.snapshot_lr, task.seed, tuple(concepts))
+    key = (settings.snapshot_steps, settings.snapshot_lr, task.seed, tuple(concepts), settings.group)
     have = cache.get(key, [])
     if len(have) < n:
         logger.info("VDU: %s needs %d more snapshot(s); making them by continued training", adapter.source, n - len(have))
         have = cache[key] = have + make_snapshots(adapter, n - len(have), settings.snapshot_steps, lr=settings.snapshot_lr,
-                                                  seed=task.seed, concepts=concepts, first=len(have))
+                                                  seed=task.seed, concepts=concepts, first=len(have), group=settings.group)
     return have[:n]
 
 
@@ -203,7 +219,7 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: VDUSettings, ct
         raise InputError("VDU needs a forget subset: name at least one concept to forget.")
     # 1. the forget subset D_f: the only data VDU sees
     forget = ConceptPool.captioned(adapter, task.forget, settings.forget_size, task.seed)
-    unet, names = trainable_copy(adapter, settings.group)
+    unet, names = trainable_copy(adapter, settings.group, settings)
     base = dict(adapter.unet.named_parameters())
     mu = {n: base[n] for n in names}
 
@@ -239,5 +255,5 @@ def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: VDUSettings, ct
         return Objective(forget_part, anchor_part, extra)
 
     log = optimise(unet, names, loss_fn, iterations=settings.iterations, lr=settings.lr, ctx=ctx, method="VDU",
-                   uam=uam_config(settings))
+                   uam=uam_config(settings), memory=Memory.of(settings))
     return finish(adapter, unet, names, method="vdu", settings=settings, log=log, started=started)

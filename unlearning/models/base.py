@@ -50,7 +50,7 @@ class SamplingDefaults:
 
 
 # Sampling defaults of a family where they differ from the class defaults: (steps, guidance).
-FAMILY_SAMPLING = {"stable-diffusion": (50, 7.5),  # StableDiffusionPipeline's own
+FAMILY_SAMPLING = {"stable-diffusion": (50, 7.5), "stable-diffusion-xl": (50, 5.0),  # the diffusers pipelines' own
                    "novel-view": (32, 3.0)}  # Zero123's 32 DDIM steps and guidance 3.0 (skip3d's paper)
 
 
@@ -222,11 +222,17 @@ class FamilyAdapter(ABC):
     def token_embeddings(self, text: str | None, positions: Sequence[int]) -> torch.Tensor:
         """(len(positions), D) float32 rows of the condition of ``text`` (None: the null condition)."""
         cond = self.null_condition(1) if text is None else self.encode([text])
-        return cond[0, list(positions)].float()
+        return self.context(cond)[0, list(positions)].float()
+
+    def context(self, cond: torch.Tensor) -> torch.Tensor:
+        """The part of a condition the cross-attention layers read, (B, T, D): the encoder hidden states. The
+        whole condition for most families; SDXL's also carries its pooled text embedding (see ``sdxl.py``)."""
+        return cond
 
     def comparison_azimuths(self) -> list[float] | None:
         """Novel-view families: the delta azimuths each input view is compared at (a view plan); None for the others."""
         return None
+
     @torch.no_grad()
     def token_embeddings_many(self, texts: Sequence[str | None], positions: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """:meth:`token_embeddings` of many texts at once (families with a text encoder batch it)."""

@@ -74,6 +74,7 @@ HUB_MODELS = {
     "stabilityai/stable-diffusion-2-1-base": "stable-diffusion",
     "kxic/zero123-165000": "novel-view",
     "kxic/zero123-xl": "novel-view",
+    "stabilityai/stable-diffusion-xl-base-1.0": "stable-diffusion-xl",
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -81,8 +82,9 @@ FAMILY_LOADERS = {
     "class-conditional": "unlearning.models.class_cond:ClassConditionalAdapter",
     "stable-diffusion": "unlearning.models.sd:StableDiffusionAdapter",
     "novel-view": "unlearning.models.novel_view:NovelViewAdapter",
+    "stable-diffusion-xl": "unlearning.models.sdxl:StableDiffusionXLAdapter",
 }
-FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True, "novel-view": True}
+FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True, "novel-view": True, "stable-diffusion-xl": True}
 # What a family's comparison takes beside its concepts: "prompts" (the user's own prompts, shown beside the scored
 # grids), "sampler" (a choice of diffusers scheduler), "guidance" (a classifier-free guidance scale). The run refuses
 # what its family does not take; the app shows only these controls for a model of the family. A novel-view run has
@@ -90,11 +92,13 @@ FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True, "nov
 FAMILY_OPTIONS: dict[str, frozenset[str]] = {
     "class-conditional": frozenset({"sampler", "guidance"}),
     "stable-diffusion": frozenset({"sampler", "guidance", "prompts"}),
+    "stable-diffusion-xl": frozenset({"sampler", "guidance", "prompts"}),
     "novel-view": frozenset(),
 }
 # model_index.json's _class_name (the real checkpoints') or _unlearning_family (written here) -> family
-PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion", "Zero1to3StableDiffusionPipeline": "novel-view",
-                     "zero123": "novel-view"}
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion", "StableDiffusionXLPipeline": "stable-diffusion-xl",
+                     "Zero1to3StableDiffusionPipeline": "novel-view", "zero123": "novel-view"}
+TEXT_TO_IMAGE = ("stable-diffusion", "stable-diffusion-xl")  # families conditioned on free text
 
 
 def family_of_index(meta: dict, where: str) -> str:
@@ -106,7 +110,7 @@ def family_of_index(meta: dict, where: str) -> str:
         return family
     raise InputError(
         f"'{where}' holds a {meta.get('_class_name', 'unknown')} model, which this version cannot load; "
-        f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x, Zero123 / Zero123-XL, or a folder of the same layout."
+        f"supported: {', '.join(CATALOG)}, Stable Diffusion 1.x / 2.x / XL, Zero123 / Zero123-XL, or a folder of the same layout."
     )
 
 
@@ -273,12 +277,22 @@ _cache: dict[tuple[str, str, str], FamilyAdapter] = {}
 _lock = threading.Lock()
 
 
-def load_adapter(model: str, device: str | torch.device = "auto") -> FamilyAdapter:
-    """The cached adapter for a model source on a device (loaded on first use)."""
+def load_adapter(model: str, device: str | torch.device = "auto", *, dtype: torch.dtype | None = None,
+                 resolution: int | None = None) -> FamilyAdapter:
+    """The cached adapter for a model source on a device (loaded on first use).
+
+    ``dtype`` None: float16 on CUDA for families published in half precision, float32 otherwise; a half
+    dtype on CPU (bfloat16) keeps the frozen base in half precision there too. ``resolution`` (text-to-image
+    families): the image side sampled and trained at (None: the model's own).
+    """
     model_id, path, family = resolve(model)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dtype = inference_dtype(dev, FAMILY_ALLOWS_HALF[family])
-    key = (model_id, str(dev), str(dtype))
+    dtype = dtype or inference_dtype(dev, FAMILY_ALLOWS_HALF[family])
+    if dtype != torch.float32 and not FAMILY_ALLOWS_HALF[family]:
+        raise InputError(f"{family} models run in float32 only; drop the dtype.")
+    if resolution is not None and family not in TEXT_TO_IMAGE:
+        raise InputError(f"a resolution applies to text-to-image models; {family} models have a fixed size.")
+    key = (model_id, str(dev), str(dtype), resolution)
     with _lock:
         if key not in _cache:
             module_name, cls_name = FAMILY_LOADERS[family].split(":")
@@ -286,7 +300,7 @@ def load_adapter(model: str, device: str | torch.device = "auto") -> FamilyAdapt
 
             cls = getattr(importlib.import_module(module_name), cls_name)
             try:
-                _cache[key] = cls(path, dev, dtype)
+                _cache[key] = cls(path, dev, dtype, **({"resolution": resolution} if resolution else {}))
             except (OSError, ValueError, KeyError) as exc:
                 raise InputError(f"could not load the model in '{path}': {exc}") from exc
         return _cache[key]

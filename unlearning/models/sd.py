@@ -43,8 +43,9 @@ def _article(word: str) -> str:
 class StableDiffusionAdapter(FamilyAdapter):
     family = "stable-diffusion"
     conditioner_name = "text_encoder"
+    text_parts = ("text_encoder",)  # the text encoders a condition is made from
 
-    def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32,
+    def __init__(self, path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32, resolution: int | None = None,
                  pipe: StableDiffusionPipeline | None = None):
         """Load the folder or hub snapshot ``path``; or, with ``pipe``, wrap components already built in memory
         (a full-size architecture with random weights for a rehearsal; ``path`` then only names it)."""
@@ -54,20 +55,23 @@ class StableDiffusionAdapter(FamilyAdapter):
 
         diffusers_logging.disable_progress_bar()  # the app shows its own progress; keep logs readable
         transformers_logging.disable_progress_bar()
-        pipe = pipe or StableDiffusionPipeline.from_pretrained(
-            str(path), dtype=dtype, use_safetensors=True, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = pipe or self.load_pipeline(path, dtype)
         self.unet = pipe.unet.to(device).eval()
         self.vae = pipe.vae.to(device).eval()
-        self.text_encoder = pipe.text_encoder.to(device).eval()
         self.tokenizer = pipe.tokenizer
+        for name in self.text_parts:
+            setattr(self, name, getattr(pipe, name).to(device).eval())
         self.pipeline_scheduler = pipe.scheduler  # the checkpoint's own scheduler (exports keep it)
         self.pipeline_scheduler_config = pipe.scheduler.config
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in self.modules().values():
             for p in module.parameters():
                 p.requires_grad_(False)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        size = self.unet.config.sample_size
+        self.resolution = int(resolution or (size if isinstance(size, int) else size[0]) * self.vae_scale_factor)
+        if self.resolution % self.vae_scale_factor:
+            raise InputError(f"resolution {self.resolution} is not a multiple of the VAE's downsampling ({self.vae_scale_factor}).")
         self.twin = read_twin(Path(path)) if Path(str(path)).is_dir() else {}
         self.sampling = SamplingDefaults.from_twin(self.twin, self.family)
         self.vocabulary: dict[str, list[str]] = self.twin.get("vocabulary", {})
@@ -81,14 +85,29 @@ class StableDiffusionAdapter(FamilyAdapter):
                 p.requires_grad_(False)
         self._null: torch.Tensor | None = None
 
+    def load_pipeline(self, path: str | Path, dtype: torch.dtype):
+        """The checkpoint through diffusers' own pipeline class (safetensors only, no safety checker, no remote code)."""
+        return StableDiffusionPipeline.from_pretrained(
+            str(path), dtype=dtype, use_safetensors=True, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The model's weighted components by their folder names (the frozen base)."""
+        return {"unet": self.unet, "vae": self.vae, **{name: getattr(self, name) for name in self.text_parts}}
+
+    def pipeline(self, unet: torch.nn.Module | None = None):
+        """A diffusers pipeline of this model's components with ``unet`` in place of the base's (for export)."""
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet or self.unet,
+                                       scheduler=self.pipeline_scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+
     # ---- sampling --------------------------------------------------------------------------------
     def sampler_config(self):
         return self.pipeline_scheduler_config  # the checkpoint's own betas and spacing
 
     def sample_shape(self) -> tuple[int, int, int]:
-        size = self.unet.config.sample_size
-        size = size if isinstance(size, int) else size[0]
-        return (self.unet.config.in_channels, size, size)
+        side = self.resolution // self.vae_scale_factor
+        return (self.unet.config.in_channels, side, side)
 
     @torch.no_grad()
     def to_images(self, x0: torch.Tensor) -> torch.Tensor:
@@ -142,6 +161,8 @@ class StableDiffusionAdapter(FamilyAdapter):
         computed (the closed-form editors ask for a few rows of hundreds of prompts)."""
         if not texts:
             return []
+        if self.text_parts != ("text_encoder",):  # SDXL: two encoders' rows side by side (FamilyAdapter's per-text path)
+            return super().token_embeddings_many(texts, positions)
         length = max(max(p) for p in positions) + 1
         unique = list(dict.fromkeys(t or "" for t in texts))  # e.g. the empty anchor prompt once, not per concept
         ids = self.tokenizer(unique, padding="max_length", max_length=self.tokenizer.model_max_length,
@@ -347,7 +368,9 @@ class StableDiffusionAdapter(FamilyAdapter):
     def describe(self) -> dict:
         info = super().describe()
         info["scheduler"] = self.pipeline_scheduler.__class__.__name__
-        info["text_encoder_parameters"] = sum(p.numel() for p in self.text_encoder.parameters())
+        for name in self.text_parts:
+            info[f"{name}_parameters"] = sum(p.numel() for p in getattr(self, name).parameters())
+        info["resolution"] = self.resolution
         info["sampling"] = {"num_inference_steps": self.sampling.num_inference_steps, "guidance_scale": self.sampling.guidance_scale}
         if self.vocabulary:
             info["vocabulary"] = self.vocabulary
