@@ -124,7 +124,7 @@ def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str
     fields = {f.name: f for f in settings_fields(settings_cls)}
     unknown = sorted(set(overrides) - set(fields))
     if set(unknown) & {"uam", "uam_rho", "uam_gamma"}:
-        raise InputError("UAM wraps methods whose loss has a forget and a retain part (esd, gradient_ascent, vdu); "
+        raise InputError("UAM wraps methods whose loss has a forget and a retain part (esd, gradient_ascent, vdu, rmu); "
                          "this method has no UAM setting.")
     if unknown:
         raise InputError(f"unknown setting(s) {', '.join(unknown)}; this method's settings are: {', '.join(fields)}.")
@@ -150,6 +150,16 @@ def optimise(
     unet: torch.nn.Module,
     names: list[str],
     loss_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict] | Objective],
+    **kwargs: Any,
+) -> list[dict]:
+    """Minimise ``loss_fn(step)`` over the named parameters of ``unet``; see :func:`optimise_params`."""
+    wanted = set(names)
+    return optimise_params([p for n, p in unet.named_parameters() if n in wanted], loss_fn, **kwargs)
+
+
+def optimise_params(
+    params: list[torch.Tensor],
+    loss_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict] | Objective],
     *,
     iterations: int,
     lr: float,
@@ -159,14 +169,17 @@ def optimise(
     betas: tuple[float, float] = (0.9, 0.999),
     uam: UAMConfig | None = None,
 ) -> list[dict]:
-    """Minimise ``loss_fn(step)`` over the named parameters; returns the loss log.
+    """Minimise ``loss_fn(step)`` over ``params`` (leaf tensors requiring grad); returns the loss log.
 
     ``loss_fn`` returns the loss (optionally with a dict for the log), or an :class:`Objective` split
-    into forget and retain parts; only the latter can be wrapped by UAM (``uam``).
+    into forget and retain parts; only the latter can be wrapped by UAM (``uam``). ``optimizer``: "adam",
+    "adamw" (torch's AdamW, weight decay 0.01) or "sgd".
     Stops with DivergedError the moment the loss or a gradient is not finite, saying what to do.
     """
-    params = [p for n, p in unet.named_parameters() if n in set(names)]
-    opt = torch.optim.Adam(params, lr=lr, betas=betas) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, betas=betas)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, betas=betas) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     log: list[dict] = []
     for step in range(iterations):
         out = loss_fn(step)
