@@ -153,6 +153,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_classifier(args)
     if args.which == "vdu":
         return cmd_bench_vdu(args)
+    if args.which == "lm":
+        from .bench_lm import cmd_bench_lm
+
+        args.forget = args.forget or "hazard"
+        return cmd_bench_lm(args)
     from .scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     counts = tuple(_ints(args.counts, "--counts"))
@@ -313,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload the bundle (token from HF_TOKEN; only where the hosted profile allows it)")
     export.set_defaults(func=cmd_export)
     bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..16 concepts with several methods; "
-                           "'classifier' = classifier unlearning (UAM's setting) vs retraining")
-    bench.add_argument("which", choices=["scaling", "classifier", "vdu"])
+                           "'classifier' = classifier unlearning (UAM's setting) vs retraining; 'lm' = RMU / GA / NegGrad+ "
+                           "with and without UAM on a language model")
+    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "lm"])
     bench.add_argument("--model", default=None, help="scaling: default shapes-sd; vdu: default digits")
     bench.add_argument("--counts", default="1,2,4,8,16")
     bench.add_argument("--methods", default=None, help="scaling: default scapre,uce,esd; vdu: default vdu,ga,esd,salun")
@@ -332,8 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fraction", type=float, default=0.1, help="classifier, random: share of the training split to forget")
     bench.add_argument("--train-epochs", type=int, default=15, help="classifier: epochs of the original and retrained model")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="classifier: override a method setting (KEY=VALUE); vdu: METHOD.KEY=VALUE, METHOD one of vdu, ga, esd, salun")
+                       help="classifier: override a method setting (KEY=VALUE); vdu: METHOD.KEY=VALUE, METHOD one of vdu, ga, esd, salun; "
+                       "lm: METHOD.KEY=VALUE, METHOD rmu or gradient_ascent")
     bench.add_argument("--no-torchunlearn", action="store_true", help="classifier: skip the torchunlearn row")
+    bench.add_argument("--seeds", default="0,1,2", help="lm: seeds every row runs with")
+    bench.add_argument("--split", default="test", choices=["test", "val"], help="lm: held-out questions scored (val: tuning)")
+    bench.add_argument("--retain", default=None, help="lm: retain domain(s) (default: the model's)")
+    bench.add_argument("--rows", default=None, help="lm: rows to run, comma-separated (default: all)")
+    bench.add_argument("--relearn-steps", type=int, default=0, help="lm: relearning attack steps on forget text (0: none)")
     bench.set_defaults(func=cmd_bench)
     z123 = sub.add_parser("zero123", help="novel-view unlearning (skip3d): forget object -> override object, with timings")
     z123.add_argument("--model", default="shapes-3d", help="shapes-3d, a hub id (kxic/zero123-xl) or a local Zero123 folder")

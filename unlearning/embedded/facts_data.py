@@ -118,8 +118,8 @@ DOMAINS = {
     "hazard": {"kinds": {"compound": 40}, "subject": "hazardous compounds"},
     "general": {"kinds": {"city": 36, "person": 32}, "subject": "general knowledge"},
 }
-SPLIT_SHARES = {"train": 0.5, "val": 0.25, "test": 0.25}
-TRAINING_MIX = {"documents": 0.4, "open": 0.2, "letter": 0.4}  # kinds of training example (World.training_texts)  # of each (domain, attribute)'s facts: where its question is asked
+SPLIT_SHARES = {"train": 0.5, "val": 0.25, "test": 0.25}  # of each (domain, attribute)'s facts: where its question is asked
+TRAINING_MIX = {"documents": 0.3, "open": 0.2, "letter": 0.3, "read": 0.2}  # kinds of training example (World.training_texts)
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,11 @@ class World:
         """Endless training examples as (context, answer) pairs; the answer is "" for plain documents.
 
         ``mix`` gives the share of each kind: ``documents`` (statements of any fact), ``open`` (a question
-        about a ``train`` fact answered with its value, the harness's cloze layout) and ``letter`` (the same
-        kind of question with four lettered options, answered with the letter)."""
+        about a ``train`` fact answered with its value, the harness's cloze layout), ``letter`` (the same
+        kind of question with four lettered options, answered with the letter) and ``read`` (a letter
+        question after a statement of that fact: reading comprehension, which teaches the
+        letter format's matching of a value to its option from text in view). Questions are only ever about
+        ``train`` facts."""
         mix = mix or TRAINING_MIX
         kinds, weights = list(mix), list(mix.values())
         domains = list(DOMAINS)
@@ -239,7 +242,10 @@ class World:
                 continue
             fact = rng.choice(train_facts[domain])
             q = self.question(fact, rng)
-            yield requests(q, subject, "letter" if kind == "letter" else "cloze")[q.answer]
+            context, answer = requests(q, subject, "cloze" if kind == "open" else "letter")[q.answer]
+            if kind == "read":
+                context = f"{fact.statement(rng)}\n{context}"
+            yield context, answer
 
 
 def split_words(text: str) -> list[str]:

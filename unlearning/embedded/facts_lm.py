@@ -316,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget of this chunk")
     tr.add_argument("--steps", type=int, default=TwinConfig.steps)
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--layers", type=int, default=TwinConfig.num_hidden_layers)
+    tr.add_argument("--hidden", type=int, default=TwinConfig.hidden_size, help="width (the MLP is 4x, heads of 32)")
     tr.add_argument("--smoke", action="store_true", help="a tiny model, a few steps (tests)")
     ev = sub.add_parser("evaluate", help="held-out accuracy and perplexity of a twin folder")
     ev.add_argument("--model", type=Path, default=ASSETS)
@@ -323,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command == "train":
-        cfg = TwinConfig(steps=args.steps, seed=args.seed)
+        cfg = TwinConfig(steps=args.steps, seed=args.seed, num_hidden_layers=args.layers, hidden_size=args.hidden,
+                         intermediate_size=4 * args.hidden, num_attention_heads=max(1, args.hidden // 32))
         if args.smoke:
             cfg = TwinConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=2, steps=args.steps,
                              batch_size=4, seed=args.seed)

@@ -18,8 +18,9 @@ Nothing is ever downloaded: domains come from files.
                           (``cais/wmdp-corpora``; JSON lines with a ``text`` field); chem has none
   ``mmlu``                questions: ``all/test-*.parquet`` of ``cais/mmlu`` (``question``, ``subject``,
                           ``choices``, ``answer``) or the original release's ``data/test/*_test.csv`` (no
-                          header: question, A, B, C, D, answer letter); corpus: WikiText
-                          (``wikitext-2-raw-v1/train-*.parquet``, ``text`` column), RMU's retain text
+                          header: question, A, B, C, D, answer letter); corpus: WikiText, RMU's retain
+                          text (``wikitext-2-raw-v1/train-*.parquet`` with a ``text`` column, or the original
+                          release's ``wikitext-2-raw/wiki.train.raw``)
   ``mmlu:<subject>``      one MMLU subject (``college_biology``), same files
   ======================  ================================================================================
 
@@ -103,10 +104,13 @@ def read_questions(path: str | Path) -> list[Question]:
 
 
 def read_corpus(path: str | Path, min_chars: int = 1) -> list[str]:
-    """Texts from JSON lines / JSON / parquet with a ``text`` field (WMDP corpora, WikiText) or a plain .txt."""
+    """Texts from JSON lines / JSON / parquet with a ``text`` field (WMDP corpora, WikiText on the hub), WikiText's
+    original ``wiki.train.raw`` (one paragraph a line) or a plain .txt (paragraphs separated by blank lines)."""
     path = Path(path)
-    if path.suffix.lower() == ".txt":
-        texts = [t for t in path.read_text(encoding="utf-8").split("\n\n")]
+    if path.suffix.lower() == ".raw":
+        texts = path.read_text(encoding="utf-8").splitlines()
+    elif path.suffix.lower() == ".txt":
+        texts = path.read_text(encoding="utf-8").split("\n\n")
     else:
         texts = [str(r.get("text", "")) if isinstance(r, dict) else str(r) for r in _rows_from_file(path)]
     return [t.strip() for t in texts if len(t.strip()) >= min_chars]
@@ -174,7 +178,7 @@ def published_domain(name: str, roots: list[Path]) -> Domain | None:
         for f in files:
             subject_of_file = f.name[: -len("_test.csv")] if f.name.endswith("_test.csv") else subject
             questions += [q if q.subject else Question(q.question, q.choices, q.answer, subject_of_file) for q in read_questions(f)]
-        wiki = _first(roots, ["wikitext-2-raw-v1/train-*.parquet"])
+        wiki = _first(roots, ["wikitext-2-raw-v1/train-*.parquet", "wikitext-2-raw/wiki.train.raw"])
         return Domain(name, None, questions, read_corpus(wiki, min_chars=50) if wiki else [], source=str(files[0].parent))
     return None
 
@@ -190,4 +194,4 @@ def published_names(roots: list[Path]) -> list[str]:
 def where_to_put_data() -> str:
     return (f"put the benchmark files in a folder and set {DATA_ENV} to it (WMDP: wmdp-bio/test-*.parquet or wmdp-bio.json, "
             "bio-forget-corpus.jsonl; MMLU: all/test-*.parquet or data/test/*_test.csv; WikiText: "
-            "wikitext-2-raw-v1/train-*.parquet); nothing is downloaded")
+            "wikitext-2-raw-v1/train-*.parquet or wikitext-2-raw/wiki.train.raw); nothing is downloaded")
