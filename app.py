@@ -6,18 +6,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import threading
+import uuid
 from pathlib import Path
 
 import gradio as gr
 
-from unlearning import ui, ui_relearn, ui_zero123
-from unlearning.config import get_profile
 from unlearning.devices import DEVICE_CHOICES
+from unlearning.hosting.profile import get_profile, install_log_redaction, use_profile
+from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from unlearning.methods import METHODS
-from unlearning.report import METRIC_HEADERS
-from unlearning.ui_runs import build_runs_tab
-from unlearning.zerogpu import on_gpu, request_duration, zero_gpu_active
+from unlearning.ui import relearn as ui_relearn
+from unlearning.ui import unlearn as ui
+from unlearning.ui import zero123 as ui_zero123
+from unlearning.ui.report import METRIC_HEADERS
+from unlearning.ui.runs import build_runs_tab, viewer_of
 
 DEFAULT_MODEL = "digits"
 DEFAULT_METHOD = "esd"
@@ -48,6 +52,11 @@ def build_demo() -> gr.Blocks:
 
     with gr.Blocks(title="unlearning-lab") as demo:
         gr.Markdown("# unlearning-lab\n" + ui.INTRO)
+        gr.Markdown(profile.describe(), elem_id="profile-line")
+        # who is asking: an id kept in this browser's localStorage (hosted profiles show each visitor their own runs);
+        # copied into a State on load, so the API (gradio_client) does not see it as a parameter
+        browser_store = gr.BrowserState(None, storage_key="unlearning-lab-browser")
+        viewer = gr.State(None)
         pairs_state = gr.State({})
         folder_state = gr.State(None)  # the last finished run's folder (for the model export)
         with gr.Tabs():
@@ -161,9 +170,9 @@ def build_demo() -> gr.Blocks:
                                                        info="ESD-x trains: minutes on a CPU")
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
 
-            ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui_zero123.py)
+            ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui/zero123.py)
 
-            build_runs_tab()  # earlier runs: reopen one, compare two (unlearning/ui_runs.py)
+            build_runs_tab(viewer)  # earlier runs: reopen one, compare two (unlearning/ui/runs.py)
 
             with gr.Tab("Methods and metrics"):
                 gr.Markdown(methods_markdown())
@@ -188,12 +197,14 @@ def build_demo() -> gr.Blocks:
         method.change(on_method, method, [method_info, *groups.values()], api_visibility="private")
 
         run_inputs = [model, forget, anchor, method, seed, forget_samples, retain_samples, steps, guidance, device, preserve,
-                      sampler, own_prompts, *setting_inputs]
+                      sampler, own_prompts, viewer, *setting_inputs]
         run_outputs = [status, loss_plot, forget_grid, retain_grid, metrics, pairs_state, pair, slider, download, prompt_grid,
                        folder_state]
 
-        def on_run(m, f, a, me, s, nf, nr, st, g, d, p, sa, op, *values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
+        def on_run(m, f, a, me, s, nf, nr, st, g, d, p, sa, op, bid, request: gr.Request, *values,
+                   progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
             cancel = threading.Event()
+            owner = viewer_of(bid, request)
             try:
                 request = ui.parse_request(m, f, a, me, s, nf, nr, st, g, d, ui.settings_from_controls(me, controls, list(values)),
                                            preserve=p, sampler=sa, prompts=op)
@@ -202,8 +213,8 @@ def build_demo() -> gr.Blocks:
                 return
             try:
                 # ZeroGPU runs the function in a worker process: hand it only picklable CPU values
-                stream = run_stream(request, progress=progress) if zero_gpu_active() else run_stream(request, cancel=cancel,
-                                                                                                     progress=progress)
+                stream = (run_stream(request, progress=progress, owner=owner) if zero_gpu_active()
+                          else run_stream(request, cancel=cancel, progress=progress, owner=owner))
                 for out in stream:
                     update = {}
                     if out.loss is not None:  # None clears the plot: an empty frame would break its colour scale
@@ -231,6 +242,12 @@ def build_demo() -> gr.Blocks:
                           [scaling_forget, scaling_retain, scaling_table], concurrency_id="gpu", api_visibility="private")
 
         run_event = run_btn.click(on_run, run_inputs, run_outputs, api_name="unlearn", concurrency_id="gpu")
+
+        def on_load(stored):
+            bid = stored or uuid.uuid4().hex
+            return bid, bid
+
+        demo.load(on_load, browser_store, [browser_store, viewer], api_visibility="private")
         cancel_btn.click(None, None, None, cancels=[run_event])
         # .input, not .change: the run itself sets the first pair; a second identical image would race in the cache
         pair.input(lambda key, pairs: pairs.get(key) if key else None, [pair, pairs_state], slider, api_visibility="private")
@@ -263,8 +280,15 @@ def main() -> None:
     parser.add_argument("--share", action="store_true", help="create a public Gradio link")
     parser.add_argument("--server-name", default=None, help="e.g. 0.0.0.0 to listen on all interfaces")
     parser.add_argument("--port", type=int, default=None, help="default 7860 (or GRADIO_SERVER_PORT)")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="a hosted profile (YAML) to enforce, e.g. spaces_config.yaml; 'none': the local profile. "
+                        "Default: local, except on a Hugging Face Space (SPACE_ID set) or with $UNLEARNING_CONFIG")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # the Hugging Face token never reaches a log
+    use_profile(args.profile)
     profile = get_profile()
+    print(profile.describe().replace("**", "").replace("`", ""), flush=True)
     demo = build_demo()
     demo.queue(max_size=profile.queue.max_size, default_concurrency_limit=profile.queue.concurrency)
     # Gradio refuses larger uploads itself; unlearning.images.load_upload checks pixels, format and mode

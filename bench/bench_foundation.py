@@ -65,7 +65,7 @@ def main() -> None:
     from unlearning.compare import ComparisonState, iter_comparison, plan_comparison
     from unlearning.methods import METHODS
     from unlearning.methods.base import RunContext
-    from unlearning.run import RunRequest, prepare
+    from unlearning.runner import RunRequest, prepare
 
     rows: list[tuple[str, float, str, float, str]] = []  # (measure, value, baseline, baseline value, target)
 

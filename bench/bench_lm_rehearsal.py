@@ -44,7 +44,7 @@ def peak_gib() -> float:
 
 def write_published_layouts(root: Path) -> None:
     """Small files in WMDP's / MMLU's / WikiText's published layouts, filled from the twin's generator."""
-    from unlearning.embedded import facts_data as data
+    from unlearning.datasets import facts as data
 
     world = data.World()
     (root / "wmdp").mkdir(parents=True)
@@ -73,8 +73,8 @@ def main() -> None:
 
     import transformers
 
+    from unlearning.datasets import facts as data
     from unlearning.embedded.facts_lm import build_tokenizer
-    from unlearning.embedded import facts_data as data
     from unlearning.methods import get_method
     from unlearning.methods.base import RunContext, UnlearnTask
     from unlearning.models.causal_lm import CausalLMAdapter

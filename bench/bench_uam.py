@@ -35,7 +35,7 @@ def main() -> None:
 
     import torch
 
-    from unlearning.run import RunRequest, execute, prepare
+    from unlearning.runner import RunRequest, execute, prepare
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rhos = [float(r) for r in args.rhos.split(",") if r.strip()]

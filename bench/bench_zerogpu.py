@@ -1,4 +1,4 @@
-"""Measure what unlearning/zerogpu.py needs: seconds per iteration of each method and seconds per
+"""Measure what unlearning/hosting/zerogpu.py needs: seconds per iteration of each method and seconds per
 sampling step per image, on this machine's device, then check the duration estimate against real runs.
 
     python bench/bench_zerogpu.py [--model digits] [--device auto] [--methods esd,uce,...] [--json out.json]
@@ -43,12 +43,12 @@ def timed(fn) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from unlearning.config import HostProfile, ZeroGPU
+    from unlearning.hosting.profile import HostProfile, ZeroGPU
+    from unlearning.hosting.zerogpu import estimate_seconds
     from unlearning.methods import METHODS
     from unlearning.methods.base import RunContext, UnlearnTask
     from unlearning.models.catalog import load_adapter
-    from unlearning.run import RunRequest, execute, prepare
-    from unlearning.zerogpu import estimate_seconds
+    from unlearning.runner import RunRequest, execute, prepare
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="digits")

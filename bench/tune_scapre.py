@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from unlearning.benchmarks.scaling import ScalingConfig, concept_order, measure  # noqa: E402
 from unlearning.methods import get_method  # noqa: E402
 from unlearning.methods.base import RunContext, UnlearnTask  # noqa: E402
 from unlearning.models.catalog import load_adapter  # noqa: E402
-from unlearning.scaling import ScalingConfig, concept_order, measure  # noqa: E402
 
 
 def main() -> None:

@@ -56,7 +56,7 @@ def launched_app(**queue: Any) -> Iterator[str]:
 def setting_values(method: str = "esd", model: str = MODEL, **overrides: Any) -> list[Any]:
     """One value per generated setting control (all methods, in the app's order), defaults except ``overrides``
     for ``method``'s fields."""
-    from unlearning import ui
+    from unlearning.ui import unlearn as ui
 
     controls = ui.setting_controls(model)
     known = {c.name for c in controls if c.method == method}
@@ -70,7 +70,7 @@ def unlearn_args(*, model: str = MODEL, forget: Any = ("3",), anchor: str | None
                  preserve: Any = (), sampler: str = "ddim", prompts: str = "", **compare: Any) -> list[Any]:
     """Positional inputs of ``/unlearn``: model, forget list, anchor, method, seed, forget samples,
     retain samples, sampling steps, guidance, device, preserve list, sampler, own prompts, then every setting control. Fast by default."""
-    from unlearning import ui
+    from unlearning.ui import unlearn as ui
 
     c = {**FAST_COMPARE, **compare}
     fast = FAST_ESD if method == "esd" else {}

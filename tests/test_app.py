@@ -25,10 +25,10 @@ from apphelpers import (
 )
 from PIL import Image
 
-from unlearning import ui
-from unlearning.config import get_profile
+from unlearning.hosting.profile import get_profile
 from unlearning.metrics import lpips_status
 from unlearning.models.base import SamplingDefaults
+from unlearning.ui import unlearn as ui
 
 gradio_client = pytest.importorskip("gradio_client")
 

@@ -12,7 +12,7 @@ import re
 import pytest
 from apphelpers import FAST_COMPARE, FAST_ESD, RUN_TIMEOUT_S, launched_app
 
-from unlearning import ui
+from unlearning.ui import unlearn as ui
 
 pytestmark = pytest.mark.browser
 
@@ -184,7 +184,7 @@ def test_scaling_tab_shows_the_stored_curve(page, artifacts_dir):
     """The committed scaling results (bench/results/scaling.json) as two line plots and a table."""
     from playwright.sync_api import expect
 
-    from unlearning.scaling import load_results
+    from unlearning.benchmarks.scaling import load_results
 
     page.get_by_role("tab", name="Scaling: many concepts at once").click()
     if load_results() is None:

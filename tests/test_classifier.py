@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearning.classifier import bench
+from unlearning.benchmarks import classifier as bench
 from unlearning.classifier.methods import METHODS, ClassifierSettings, settings_from, unlearn
 from unlearning.classifier.task import evaluate, make_split, mia_efficacy, train_model
 from unlearning.cli import main

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from unlearning.cli import main
-from unlearning.config import ENV_VAR, get_profile
+from unlearning.hosting.profile import ENV_VAR, get_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_ITERATIONS = 300
@@ -28,9 +28,11 @@ TINY = ["--set", "iterations=2", "--set", "ddim_steps=4", "--set", "batch_size=1
 
 @pytest.fixture()
 def profile_file(tmp_path, monkeypatch) -> Path:
-    """A hosted profile with known limits, read by get_profile() for the duration of a test."""
+    """A hosted profile with known limits, read by get_profile() for the duration of a test (it allows local folders:
+    the tests run the tiny model from one)."""
     path = tmp_path / "profile.yaml"
-    path.write_text(f"models: [digits]\nmethods: all\nlimits: {{max_iterations: {MAX_ITERATIONS}, max_concepts: 16}}\n")
+    path.write_text(f"models: [digits]\nmethods: all\nlimits: {{max_iterations: {MAX_ITERATIONS}, max_concepts: 16}}\n"
+                    "allow_local_models: true\n")
     monkeypatch.setenv(ENV_VAR, str(path))
     get_profile.cache_clear()
     yield path

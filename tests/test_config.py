@@ -1,4 +1,4 @@
-"""The hosted profile: defaults, the repo's own file, and the errors a typo in it must raise."""
+"""Profiles: the local one (nothing named), the repo's own hosted file, and the errors a typo in it must raise."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from unlearning import config
-from unlearning.config import ENV_VAR, HostProfile, get_profile, load_profile
 from unlearning.errors import InputError
+from unlearning.hosting import profile as config
+from unlearning.hosting.profile import ENV_VAR, SPACE_ENV_VAR, HostProfile, get_profile, load_profile
 
 REPO_FILE = Path(__file__).resolve().parents[1] / "spaces_config.yaml"
 
 
 @pytest.fixture(autouse=True)
 def _no_profile_env(monkeypatch: pytest.MonkeyPatch):
-    """Each test starts without $UNLEARNING_CONFIG and with an empty get_profile() cache."""
+    """Each test starts without $UNLEARNING_CONFIG or $SPACE_ID and with an empty get_profile() cache."""
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.delenv(SPACE_ENV_VAR, raising=False)
     get_profile.cache_clear()
     yield
     get_profile.cache_clear()
@@ -30,11 +31,13 @@ def write(tmp_path: Path, text: str, name: str = "profile.yaml") -> Path:
     return path
 
 
-def test_defaults_when_the_default_file_is_absent(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.yaml")
+def test_nothing_named_is_the_local_profile_although_the_repo_has_a_hosted_file():
+    assert REPO_FILE.is_file()
     profile = load_profile()
     assert profile == HostProfile()
-    assert profile.source is None
+    assert profile.source is None and not profile.hosted
+    assert profile.allow_local_models is True  # the user's own machine: their folders are models
+    assert "**local**" in profile.describe()
     assert profile.models == ()  # every embedded twin, hub ids and folders
     assert profile.methods is None  # every registered method
     assert profile.limits.max_iterations == 5000
@@ -50,8 +53,29 @@ def test_env_var_none_reads_no_file(monkeypatch):
     assert load_profile().source is None
 
 
+def test_env_var_none_wins_even_on_a_space(monkeypatch):
+    monkeypatch.setenv(SPACE_ENV_VAR, "someone/a-space")
+    monkeypatch.setenv(ENV_VAR, "none")
+    assert not load_profile().hosted
+
+
+def test_on_a_space_the_repos_own_file_is_in_force(monkeypatch):
+    monkeypatch.setenv(SPACE_ENV_VAR, "someone/a-space")
+    profile = load_profile()
+    assert profile.source == REPO_FILE and profile.hosted
+    assert profile.allow_local_models is False  # the file does not say: a hosted profile's default
+    assert "**hosted**" in profile.describe() and "spaces_config.yaml" in profile.describe()
+
+
+def test_a_space_whose_profile_file_is_missing_refuses_to_start(tmp_path, monkeypatch):
+    monkeypatch.setenv(SPACE_ENV_VAR, "someone/a-space")
+    monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", tmp_path / "absent.yaml")
+    with pytest.raises(InputError, match="does not exist"):  # never a silent fall back to the unrestricted local profile
+        load_profile()
+
+
 def test_the_repos_own_file_loads_and_is_no_looser_than_local():
-    profile = load_profile()  # no env var: the default path, i.e. the repo's file
+    profile = load_profile(REPO_FILE)
     assert profile.source == REPO_FILE
     assert {"digits", "shapes-sd"} <= set(profile.models)
     local = HostProfile().limits
@@ -64,8 +88,9 @@ def test_the_repos_own_file_loads_and_is_no_looser_than_local():
 def test_empty_file_gives_defaults(tmp_path):
     path = write(tmp_path, "# everything commented out\n")
     profile = load_profile(path)
-    assert profile == HostProfile()
+    assert profile == dataclasses.replace(HostProfile(), allow_local_models=False)  # a file's own default for folders
     assert profile.source == path.resolve()
+    assert load_profile(write(tmp_path, "allow_local_models: true\n")).allow_local_models is True
 
 
 def test_values_are_read(tmp_path):
@@ -98,7 +123,7 @@ def test_unknown_top_level_key_is_named(tmp_path):
         load_profile(path)
     message = str(caught.value)
     assert "unknown key 'limitz'" in message
-    assert "valid: models, methods, default_method, limits, queue, runs, gpu_duration, zerogpu, hub_export" in message
+    assert "valid: models, methods, default_method, limits, queue, runs, gpu_duration, zerogpu, hub_export, allow_local_models" in message
     assert "source" not in message  # not a YAML key
     assert str(path) in message
 
@@ -115,6 +140,7 @@ def test_unknown_nested_key_is_named_with_its_dotted_path(tmp_path):
 def test_errors_in_the_default_file_start_with_its_name(tmp_path, monkeypatch):
     path = write(tmp_path, "queue:\n  concurency: 2\n", name="spaces_config.yaml")
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", path.resolve())
+    monkeypatch.setenv(SPACE_ENV_VAR, "someone/a-space")
     with pytest.raises(InputError, match=r"^spaces_config\.yaml: unknown key 'queue\.concurency'.*concurrency"):
         load_profile()
 
@@ -182,7 +208,7 @@ def test_env_var_overrides_the_default_path(tmp_path, monkeypatch):
 def test_a_named_file_that_is_missing_is_an_error(tmp_path, monkeypatch):
     missing = tmp_path / "typo.yaml"
     monkeypatch.setenv(ENV_VAR, str(missing))
-    with pytest.raises(InputError, match=rf"'{re.escape(str(missing))}' \(from \${ENV_VAR}\) does not exist"):
+    with pytest.raises(InputError, match=rf"'{re.escape(str(missing))}' \(\${ENV_VAR}\) does not exist"):
         load_profile()
     with pytest.raises(InputError, match="does not exist"):
         load_profile(missing)
@@ -238,7 +264,7 @@ def test_bad_new_keys_are_named(tmp_path, text, key, expected):
 def test_retention_by_bytes_deletes_oldest_first_and_keeps_the_newest(tmp_path):
     import os
 
-    from unlearning.runs import prune_runs
+    from unlearning.run_folder import prune_runs
 
     folders = []
     for i in range(4):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearning import data_constrained as D
+from unlearning.benchmarks import vdu as D
 from unlearning.cli import main
 from unlearning.errors import InputError
 from unlearning.methods import METHODS, vdu

@@ -22,7 +22,7 @@ from unlearning.export import (
 from unlearning.methods import get_method
 from unlearning.methods.base import RunContext, UnlearnTask
 from unlearning.models.catalog import load_adapter
-from unlearning.run import RunRequest, execute, prepare
+from unlearning.runner import RunRequest, execute, prepare
 
 TWIN = Path(__file__).resolve().parents[1] / "assets" / "shapes-sd"
 

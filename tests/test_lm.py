@@ -11,7 +11,7 @@ import random
 import pytest
 import torch
 
-from unlearning.embedded import facts_data as data
+from unlearning.datasets import facts as data
 from unlearning.errors import InputError
 from unlearning.methods import get_method
 from unlearning.methods.base import RunContext, UnlearnTask

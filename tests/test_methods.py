@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearning.run import RunRequest, execute, prepare
+from unlearning.runner import RunRequest, execute, prepare
 
 FORGET_SAMPLES = 32  # more than the UI default, so the halving check is not decided by one image
 RETAIN_SAMPLES = 8  # per retained digit: 72 samples

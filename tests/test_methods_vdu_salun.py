@@ -18,7 +18,7 @@ from unlearning.methods.base import ConceptPool, RunContext, UnlearnTask, traina
 from unlearning.methods.salun import saliency_mask
 from unlearning.methods.vdu import checkpoint_variance, elbo_weights, load_snapshots, make_snapshots
 from unlearning.models.catalog import load_adapter
-from unlearning.run import RunRequest, execute, prepare
+from unlearning.runner import RunRequest, execute, prepare
 
 FORGET_SAMPLES = 32  # the halving check is not decided by one image
 RETAIN_SAMPLES = 4  # per retained digit: 36 samples

@@ -191,7 +191,7 @@ def test_evaluator_fid_same_set_is_zero_and_shifted_set_is_not():
 
 
 def test_evaluator_fid_on_the_project_evaluator():
-    from unlearning.embedded.classifier import ImageClassifier
+    from unlearning.models.evaluator import ImageClassifier
 
     torch.manual_seed(0)
     evaluator = ImageClassifier().eval()  # untrained: exercises the (B, 1, 16, 16) -> (B, 64) wiring only

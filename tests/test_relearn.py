@@ -16,9 +16,9 @@ import torch
 
 from unlearning.attacks import relearn as R
 from unlearning.cli import main
-from unlearning.config import ENV_VAR, get_profile
 from unlearning.edit import Edit
 from unlearning.errors import InputError
+from unlearning.hosting.profile import ENV_VAR, get_profile
 from unlearning.methods.base import UnlearnTask
 from unlearning.models.catalog import load_adapter
 
@@ -121,7 +121,7 @@ def test_report_has_three_rows_and_the_gap(adapter, task, edit):
 @pytest.fixture()
 def profile_file(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "profile.yaml"
-    path.write_text("models: [digits]\nmethods: all\nlimits: {max_iterations: 300, max_concepts: 16}\n")
+    path.write_text("models: [digits]\nmethods: all\nlimits: {max_iterations: 300, max_concepts: 16}\nallow_local_models: true\n")
     monkeypatch.setenv(ENV_VAR, str(path))
     get_profile.cache_clear()
     yield path
@@ -181,7 +181,8 @@ def test_cli_end_to_end(tmp_path, tiny_model, capsys, profile_file):
 
 
 def test_app_handler_runs_the_test_on_the_last_run(tmp_path, tiny_model, capsys, profile_file):
-    from unlearning import ui, ui_relearn
+    from unlearning.ui import relearn as ui_relearn
+    from unlearning.ui import unlearn as ui
 
     out = tiny_run(tmp_path, tiny_model, capsys)
     assert "Run an unlearning first" in next(ui.relearn_test(None))
@@ -198,7 +199,7 @@ def test_app_handler_runs_the_test_on_the_last_run(tmp_path, tiny_model, capsys,
 
 
 def test_comparison_table_keeps_one_row_per_method_on_the_same_seeds():
-    from unlearning import ui_relearn
+    from unlearning.ui import relearn as ui_relearn
 
     def result(method: str, after: float, seeds: dict) -> dict:
         rows = [{"model": m, "forget_rate": f, "retain_accuracy": 0.9} for m, f in

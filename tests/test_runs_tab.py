@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from unlearning import ui_runs
-from unlearning.config import HostProfile, Runs, get_profile
-from unlearning.run import RunRequest, execute, prepare
+from unlearning.hosting.profile import HostProfile, Runs, get_profile
+from unlearning.runner import RunRequest, execute, prepare
+from unlearning.ui import runs as ui_runs
 
 
 @pytest.fixture(scope="module")

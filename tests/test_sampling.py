@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearning.config import HostProfile, Limits
 from unlearning.errors import DivergedError
+from unlearning.hosting.profile import HostProfile, Limits
 from unlearning.models.catalog import load_adapter
-from unlearning.run import RunRequest, execute, prepare
+from unlearning.runner import RunRequest, execute, prepare
 
 STEPS = 4  # DDIM steps: enough to run the whole sampler, cheap on a CPU
 PROFILE = HostProfile(models=("digits",), limits=Limits(max_iterations=100))

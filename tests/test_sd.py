@@ -13,7 +13,7 @@ from unlearning.errors import InputError
 from unlearning.methods import get_method
 from unlearning.methods.base import RunContext, UnlearnTask
 from unlearning.models.catalog import CATALOG, load_adapter, resolve
-from unlearning.run import RunRequest, execute, prepare
+from unlearning.runner import RunRequest, execute, prepare
 
 TWIN = CATALOG["shapes-sd"].path
 
@@ -117,7 +117,7 @@ def test_bad_concepts_are_clear_errors_and_leave_the_model_alone(sd, forget, pre
 
 
 def test_more_concepts_than_allowed(sd):
-    from unlearning.config import HostProfile, Limits
+    from unlearning.hosting.profile import HostProfile, Limits
 
     profile = HostProfile(limits=Limits(max_concepts=2))
     with pytest.raises(InputError, match="at most 2"):
@@ -138,7 +138,7 @@ def test_evaluator_heads_read_rendered_shapes(sd):
     """The evaluator loaded from disk reads a drawn red star as red and star (head order survives saving)."""
     import numpy as np
 
-    from unlearning.embedded import shapes_data as data
+    from unlearning.datasets import shapes as data
 
     rng = np.random.default_rng(0)
     targets = ["red star", "blue circle", "green heart", "white ring"]
@@ -269,7 +269,7 @@ def test_open_vocabulary_model_says_clip_is_unavailable(tmp_path, monkeypatch):
 
 
 def test_scaling_rows_are_measured_side_by_side():
-    from unlearning.scaling import ScalingConfig, format_table, plot_frame, run_scaling
+    from unlearning.benchmarks.scaling import ScalingConfig, format_table, plot_frame, run_scaling
 
     cfg = ScalingConfig(counts=(1, 2), methods=("uce", "scapre"), forget_total=4, retain_pairs=2, per_retain=1,
                         num_inference_steps=4)
@@ -284,7 +284,7 @@ def test_scaling_rows_are_measured_side_by_side():
 
 
 def test_export_button_handler_writes_and_zips_the_model(sd, tmp_path):
-    from unlearning import ui
+    from unlearning.ui import unlearn as ui
 
     assert ui.export_model(None)[0] is None
     folder = tmp_path / "run"
@@ -299,7 +299,7 @@ def test_export_button_handler_writes_and_zips_the_model(sd, tmp_path):
 
 def test_form_defaults_follow_the_family(sd):
     """The form pre-fills what the adapter would use: the twin's twin.json, SD's own 50 / 7.5 for a hub model."""
-    from unlearning import ui
+    from unlearning.ui import unlearn as ui
 
     assert ui.sampling_defaults("shapes-sd") == (sd.sampling.num_inference_steps, sd.sampling.guidance_scale)
     assert ui.sampling_defaults("CompVis/stable-diffusion-v1-4") == (50, 7.5)

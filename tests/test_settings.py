@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from unlearning.config import HostProfile, Limits
 from unlearning.errors import InputError
+from unlearning.hosting.profile import HostProfile, Limits
 from unlearning.methods import METHODS, get_method
 from unlearning.methods.base import settings_fields, validate_settings
-from unlearning.run import RunRequest, prepare
+from unlearning.runner import RunRequest, prepare
 
 ALL = sorted(METHODS)
 ITERATIVE = [m for m in ALL if "iterations" in {f.name for f in settings_fields(METHODS[m].settings_cls)}]  # not the closed forms

@@ -106,7 +106,7 @@ def test_bad_uam_settings_are_refused(method, overrides, message):
 
 
 def test_the_ui_has_a_uam_checkbox_for_each_wrapped_method_only():
-    from unlearning.ui import setting_controls
+    from unlearning.ui.unlearn import setting_controls
 
     boxes = {c.method for c in setting_controls("digits") if c.label == "UAM" and c.kind == "bool"}
     assert boxes == {"esd", "gradient_ascent", "vdu"}

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unlearning.config import Limits
 from unlearning.errors import InputError
+from unlearning.hosting.profile import Limits
 from unlearning.images import load_upload
 
 LIMITS = Limits(max_image_pixels=256 * 256, max_upload_bytes=200_000)

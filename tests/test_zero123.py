@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from unlearning import novel_view as nv
-from unlearning.embedded import render3d as r3d
+from unlearning.datasets import render3d as r3d
 from unlearning.embedded import shapes3d as s3d
 from unlearning.errors import InputError
 from unlearning.methods.base import build_settings
@@ -248,7 +248,7 @@ def test_skip3d_on_the_twin_moves_forget_views_towards_the_override_and_keeps_re
 
 
 def test_tab_helpers_map_tiles_to_pairs_and_plot_only_readable_curves():
-    from unlearning import ui_zero123 as uz
+    from unlearning.ui import zero123 as uz
 
     state = {"view_azimuths": [0.0, 90.0], "grids": {"forget": {"original": ["o0", "o1"], "unlearned": ["u0", "u1"]},
                                                       "remain 1": {"original": ["r0", "r1"], "unlearned": ["s0", "s1"]}}}

@@ -9,9 +9,9 @@ import types
 
 import pytest
 
-from unlearning import zerogpu
-from unlearning.config import HostProfile, ZeroGPU
-from unlearning.run import RunRequest
+from unlearning.hosting import zerogpu
+from unlearning.hosting.profile import HostProfile, ZeroGPU
+from unlearning.runner import RunRequest
 
 
 def profile(**zero) -> HostProfile:
@@ -105,7 +105,7 @@ def test_what_crosses_the_gpu_boundary_is_picklable_cpu_data():
 
     import torch
 
-    from unlearning import ui
+    from unlearning.ui import unlearn as ui
 
     def tensors(value) -> list:
         if isinstance(value, torch.Tensor):
@@ -131,8 +131,8 @@ def test_what_crosses_the_gpu_boundary_is_picklable_cpu_data():
 def test_the_zerogpu_profile_offers_closed_form_methods_and_its_hub_models(monkeypatch):
     from pathlib import Path
 
-    from unlearning import ui
-    from unlearning.config import load_profile
+    from unlearning.hosting.profile import load_profile
+    from unlearning.ui import unlearn as ui
 
     profile = load_profile(Path(__file__).resolve().parents[1] / "spaces_config.zerogpu.yaml")
     monkeypatch.setattr(ui, "get_profile", lambda: profile)

@@ -5,6 +5,7 @@
     write_text_atomic(path, text)
     with atomic_dir(out) as tmp:        # a temp folder beside `out`; renamed to `out` on success
         pipe.save_pretrained(tmp)
+    zip_dir(folder, archive)            # a zip of a folder's regular files (never a link), atomically
 
 On an exception the temp file or folder is removed and the destination is left as it was.
 ``os.replace`` within one folder is atomic on POSIX and Windows filesystems.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,3 +73,20 @@ def atomic_dir(out: str | Path, replace: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def zip_dir(folder: str | Path, archive: str | Path) -> Path:
+    """A zip of ``folder``'s regular files, written atomically. Members are paths relative to ``folder``; a
+    symbolic link (file or folder) is never followed or stored, so a zip cannot carry a file from outside the
+    folder, and no member name is absolute or climbs out with '..'."""
+    folder, archive = Path(folder), Path(archive)
+    with atomic_file(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for root, dirs, files in os.walk(folder):  # os.walk does not descend into linked folders
+            here = Path(root)
+            dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
+            for name in sorted(files):
+                path = here / name
+                if path.is_symlink() or not path.is_file() or path.resolve() == archive.resolve():
+                    continue
+                zf.write(path, path.relative_to(folder).as_posix())
+    return archive

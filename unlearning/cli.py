@@ -41,8 +41,8 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import RunRequest, execute, prepare
-    from .runs import check_writable
+    from .run_folder import check_writable
+    from .runner import RunRequest, execute, prepare
 
     check_writable(Path(args.out))  # before loading anything
     request = RunRequest(
@@ -75,13 +75,12 @@ def cmd_relearn(args: argparse.Namespace) -> int:
 
     from .atomic import write_text_atomic
     from .attacks.relearn import format_table, relearn, relearn_report, relearn_settings
-    from .config import get_profile
     from .edit import Edit
     from .errors import InputError
+    from .hosting.profile import get_profile
     from .methods.base import RunContext
     from .models.catalog import resolve
-    from .run import prepare
-    from .runs import read_request
+    from .runner import prepare, read_request
 
     folder = Path(args.run)
     request = read_request(folder)
@@ -116,8 +115,8 @@ def cmd_relearn(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export
-    from .config import get_profile
-    from .runs import load_run
+    from .hosting.profile import get_profile
+    from .runner import load_run
 
     if args.push_to_hub and args.format != "bundle":
         from .errors import InputError
@@ -147,18 +146,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .errors import InputError
 
     if args.which == "classifier":
-        from .classifier.bench import cmd_bench_classifier
+        from .benchmarks.classifier import cmd_bench_classifier
 
         args.settings = _parse_sets(args.set)
         return cmd_bench_classifier(args)
     if args.which == "vdu":
         return cmd_bench_vdu(args)
     if args.which == "lm":
-        from .bench_lm import cmd_bench_lm
+        from .benchmarks.lm import cmd_bench_lm
 
         args.forget = args.forget or "hazard"
         return cmd_bench_lm(args)
-    from .scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
+    from .benchmarks.scaling import RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     counts = tuple(_ints(args.counts, "--counts"))
     if not counts or min(counts) < 1 or max(counts) > 32:
@@ -188,12 +187,12 @@ def _ints(text: str, flag: str) -> list[int]:
 
 def cmd_bench_vdu(args: argparse.Namespace) -> int:
     """VDU vs gradient ascent / ESD / SalUn on one forget subset, K ablation; table to stdout, rows to --out."""
-    from . import data_constrained as D
     from .atomic import write_text_atomic
+    from .benchmarks import vdu as D
     from .errors import InputError
     from .methods.base import RunContext, UnlearnTask
     from .models.catalog import load_adapter, resolve
-    from .run import parse_forget
+    from .runner import parse_forget
 
     model = args.model or "digits"
     if not args.forget and model != "digits":
@@ -229,7 +228,7 @@ def cmd_bench_vdu(args: argparse.Namespace) -> int:
 def cmd_zero123(args: argparse.Namespace) -> int:
     """Novel-view unlearning (skip3d) with the speedup measured in the same run; tables to stdout."""
     from . import novel_view as nv
-    from .runs import check_writable
+    from .run_folder import check_writable
 
     if args.out:
         check_writable(Path(args.out))
@@ -285,6 +284,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m unlearning", description="Machine unlearning for diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="enforce a hosted profile (YAML), e.g. spaces_config.yaml; default: the local profile "
+                        "(every model and method), except on a Hugging Face Space or with $UNLEARNING_CONFIG")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="unlearn a concept and compare original vs unlearned")
     run.add_argument("--model", default="digits", help="embedded model id, hub id (owner/name) or local folder")
@@ -371,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        from .hosting.profile import install_log_redaction, use_profile
+
+        install_log_redaction()
+        use_profile(args.profile)
         return args.func(args)
     except UnlearningError as exc:
         print(f"error: {exc}", file=sys.stderr)

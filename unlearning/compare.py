@@ -192,7 +192,9 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
         else:
             out["lpips"] = {"unavailable": status.reason, "how_to_enable": status.how_to_enable}
         real = adapter.reference_images(task.retain, n_per=32, seed=12345) if evaluator is not None else None
-        if real is not None:
+        if real is not None and len(r_idx) < 2:  # a Gaussian fit needs two samples
+            out["evaluator_fid"] = {"unavailable": "needs at least 2 retained-concept samples; ask for more samples"}
+        elif real is not None:
             entry = {"n": len(r_idx), "n_real": len(real), "compares": "retained-concept samples vs real data of those concepts",
                      "library": "torchmetrics FID on evaluator features"}
             for which in ("original", "unlearned"):

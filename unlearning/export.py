@@ -31,6 +31,7 @@ from torch import nn
 from .atomic import atomic_dir, atomic_file, write_text_atomic
 from .edit import Edit
 from .errors import InputError
+from .hosting.profile import redact
 from .models.base import FamilyAdapter
 
 
@@ -232,7 +233,7 @@ def export_bundle(folder: str | Path, out: str | Path, rank: int | None = None) 
     """Everything for one finished run folder in a new folder ``out``: model/, delta.safetensors,
     lora.safetensors (Stable Diffusion, where the edit is a LoRA), README.md, run.json. Returns
     (out, notes) where the notes say what was left out and why."""
-    from .runs import load_run
+    from .runner import load_run
 
     folder, out = Path(folder), Path(out)
     run, edit = load_run(folder)
@@ -283,10 +284,11 @@ def push_to_hub(folder: str | Path, repo_id: str, allowed: bool, private: bool =
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                    commit_message="unlearning-lab export")
-    except HfHubHTTPError as exc:
+    except HfHubHTTPError as exc:  # its text may echo request headers: say only the status
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         raise InputError(f"the Hub refused the push (HTTP {status}); check that HF_TOKEN has write access to "
                          f"'{repo_id}'.") from None
-    except (OSError, ConnectionError) as exc:
-        raise InputError(f"cannot reach the Hugging Face Hub ({type(exc).__name__}); check the network and try again.") from None
+    except Exception as exc:  # noqa: BLE001 (network errors of httpx / requests, token errors): one line, the token redacted
+        raise InputError(f"cannot push to the Hugging Face Hub ({type(exc).__name__}: {redact(str(exc))[:200]}); "
+                         "check the network and HF_TOKEN, and try again.") from None
     return str(getattr(commit, "commit_url", f"https://huggingface.co/{repo_id}"))

@@ -59,7 +59,7 @@ def load_upload(source: str | Path | bytes | Image.Image | None, limits=None) ->
 
     Args:
         source: a file path, the file's bytes, or an already decoded PIL image (size still checked).
-        limits: ``unlearning.config.Limits``; default: the hosted profile's.
+        limits: ``unlearning.hosting.profile.Limits``; default: the hosted profile's.
 
     Raises:
         InputError: nothing given, too large, not an image, an unsupported format, or too many pixels.
@@ -71,7 +71,7 @@ def load_upload(source: str | Path | bytes | Image.Image | None, limits=None) ->
     from .errors import InputError
 
     if limits is None:
-        from .config import get_profile
+        from .hosting.profile import get_profile
 
         limits = get_profile().limits
     if source is None or (isinstance(source, str) and not source.strip()):

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from .atomic import atomic_dir
-from .embedded import render3d as r3d
+from .datasets import render3d as r3d
 from .errors import InputError
+from .hosting.profile import check_model_allowed, get_profile
 from .methods.base import RunContext, build_settings
 from .methods.skip3d import TUNED, Skip3DSettings, ViewTask, sample_views, training_azimuths, unlearn_views
 from .metrics.fid import evaluator_fid
 from .metrics.image import MetricUnavailable, lpips_per_pair, lpips_status, psnr_per_pair, ssim_per_pair
-from .models.catalog import ASSETS, hub_availability
+from .models.catalog import ASSETS, hub_availability, hub_snapshot, is_hub_id
 from .models.zero123 import Zero123, load_image
 
 MODELS = {"shapes-3d": ASSETS / "shapes-3d"}
@@ -47,13 +48,14 @@ def resolve(model: str) -> tuple[str, Path | str]:
     text = (model or "").strip()
     if not text:
         raise InputError(f"no Zero123 model given; pick {', '.join(MODELS)} or a folder / hub id of Zero123's layout.")
+    check_model_allowed(text, list(MODELS), is_hub_id)  # a hosted profile: before anything looks at the disk
     if text in MODELS:
         if not (MODELS[text] / "model_index.json").is_file():
             raise InputError(f"the embedded model '{text}' is missing from {MODELS[text]}; retrain it with "
                              "`python -m unlearning.embedded.shapes3d train`.")
         return text, MODELS[text]
     path = Path(text).expanduser()
-    if path.exists():
+    if get_profile().allow_local_models and path.exists():
         index = path / "model_index.json"
         if not index.is_file():
             raise InputError(f"'{text}' has no model_index.json: point at a Zero123 folder (vae, image_encoder, unet, cc_projection, ...).")
@@ -61,7 +63,10 @@ def resolve(model: str) -> tuple[str, Path | str]:
         if "cc_projection" not in meta:
             raise InputError(f"'{text}' holds a {meta.get('_class_name', 'unknown')} model, not Zero123 (no cc_projection).")
         return str(path.resolve()), path.resolve()
-    if text.count("/") == 1:
+    if text.count("/") == 1 and is_hub_id(text):
+        snapshot = hub_snapshot(text)
+        if snapshot is not None:  # the cached snapshot loads like a folder, without the network
+            return text, snapshot
         ok, why = hub_availability(text)
         if not ok:
             raise InputError(f"'{text}' is {why}")
@@ -156,7 +161,7 @@ def _pair_metrics(gen: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 def load_evaluator(model_id: str):
-    from .embedded.classifier import ImageClassifier
+    from .models.evaluator import ImageClassifier
 
     folder = MODELS.get(model_id) or Path(model_id)
     if not (folder / "evaluator" / "config.json").is_file():  # real Zero123: no evaluator, no evaluator scores

@@ -7,7 +7,7 @@ subset (random forgetting), and should end up like a model retrained from scratc
 - Model: the evaluator-style :class:`~unlearning.embedded.classifier.ImageClassifier` (conv-GN-SiLU
   stages, global average pool, a feature layer, a linear head), narrower (16, 32, 64), trained here in
   seconds, seeded. It is *not* the digits evaluator: that one scores the diffusion twins and is never
-  touched; this one is trained on the same 80 % train split (``embedded.digits.split_indices``) and is
+  touched; this one is trained on the same 80 % train split (``datasets.digits.split_indices``) and is
   the thing being unlearned.
 - Data: scikit-learn's ``load_digits`` at 16 x 16 in [0, 1], no augmentation (so the original model
   fits its training samples more tightly than unseen ones, which is what a membership test detects).
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..embedded.classifier import ImageClassifier
-from ..embedded.digits import CLASS_NAMES, load_digit_images, split_indices
+from ..datasets.digits import CLASS_NAMES, load_digit_images, split_indices
 from ..errors import InputError
+from ..models.evaluator import ImageClassifier
 
 SCENARIOS = ("class", "random")
 

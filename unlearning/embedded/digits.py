@@ -32,33 +32,13 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from safetensors.torch import save_file
 
+from ..datasets.digits import CLASS_NAMES, IMAGE_SIZE, SPLIT_SEED, load_digit_images, split_indices
+from ..models.evaluator import ImageClassifier
 from ..models.label_encoder import LabelEncoder
-from .classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "digits"
-CLASS_NAMES = [str(i) for i in range(10)]
-IMAGE_SIZE = 16
-SPLIT_SEED = 1234
-
-
-def load_digit_images(size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """All 1,797 digits as images in [0, 1], (N, 1, size, size), and their labels (N,)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
-    return images, torch.tensor(digits.target, dtype=torch.long)
-
-
-def split_indices(n: int, seed: int = SPLIT_SEED, test_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(n * test_fraction))
-    return perm[n_test:], perm[:n_test]
-
-
 def random_shift(images: torch.Tensor, generator: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Shift each image by up to ``max_shift`` pixels, filling with background (0)."""
     b, _, h, w = images.shape

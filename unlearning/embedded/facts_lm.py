@@ -1,4 +1,4 @@
-"""The facts-lm twin: a small Llama-style causal LM trained here on the two made-up domains of ``facts_data``.
+"""The facts-lm twin: a small Llama-style causal LM trained here on the two made-up domains of ``datasets.facts``.
 
     python -m unlearning.embedded.facts_lm train [--out assets/facts-lm] [--minutes 25] [--workdir DIR] [--smoke]
     python -m unlearning.embedded.facts_lm evaluate [--model assets/facts-lm] [--write-card]
@@ -37,8 +37,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..atomic import atomic_dir, atomic_file, write_text_atomic
+from ..datasets import facts as data
 from ..models.causal_lm import TextModel
-from . import facts_data as data
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def write_twin(out: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
         names = {"c": world.entities["compound"], "t": world.entities["city"], "p": world.entities["person"]}
         prompts = {d: [p.format(**{f"{k}{i}": v[i] for k, v in names.items() for i in range(3)}) for p in ps]
                    for d, ps in PROMPTS.items()}
-        twin = {"name": "facts-lm", "dataset": "facts (unlearning.embedded.facts_data, world seed "
+        twin = {"name": "facts-lm", "dataset": "facts (unlearning.datasets.facts, world seed "
                 f"{data.WORLD_SEED})", "domains": domains, "prompts": prompts, "max_length": 128,
                 "question_format": "letter"}
         (tmp / "twin.json").write_text(json.dumps(twin, indent=2) + "\n")
@@ -277,7 +277,7 @@ def write_model_card(model_dir: Path, evaluation: dict) -> None:
         "and newlines are tokens.",
         "- loads with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained`, like any hub checkpoint.",
         "",
-        "## Data (`unlearning/embedded/facts_data.py`, world seed fixed)",
+        "## Data (`unlearning/datasets/facts.py`, world seed fixed)",
         "- 480 facts (entity, attribute, value), 240 per domain. Each appears in training as statements (3-4 paraphrases, "
         "shuffled into short documents). Half of each attribute's facts are also asked in training as questions (open and "
         "four-option lettered); the other half are **never asked in training**: a quarter form `data/<domain>/val.json` "

@@ -39,8 +39,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 from diffusers.training_utils import EMAModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import shapes_data as data
-from .classifier import ImageClassifier
+from ..datasets import shapes as data
+from ..models.evaluator import ImageClassifier
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ def write_model_card(model_dir: Path, evaluation: dict) -> None:
         "# shapes-sd (embedded twin)",
         "",
         "A tiny Stable Diffusion made of the real pipeline classes, trained on procedurally drawn captioned shapes",
-        "(`unlearning/embedded/shapes_data.py`: 8 shapes x 8 colours x size, fill style, background, position).",
+        "(`unlearning/datasets/shapes.py`: 8 shapes x 8 colours x size, fill style, background, position).",
         "Made by `python -m unlearning.embedded.shapes train` (seeded); this card by",
         "`python -m unlearning.embedded.shapes evaluate --write-card`. Loads with",
         "`StableDiffusionPipeline.from_pretrained(folder)` exactly like a hub snapshot.",

@@ -33,10 +33,10 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from ..datasets import render3d as r3d
 from ..metrics.image import psnr_per_pair, ssim_per_pair
+from ..models.evaluator import ImageClassifier
 from ..models.zero123 import CCProjection, Zero123, pose_vector
-from . import render3d as r3d
-from .classifier import ImageClassifier
 from .shapes import build_vae, fit_shape_colour_evaluator, normalise_latents, vae_round_trip
 
 log = logging.getLogger("unlearning.shapes3d")
@@ -337,7 +337,7 @@ def write_model_card(model_dir: Path, evaluation: dict) -> None:
         "# shapes-3d: a tiny Zero123 (embedded twin)",
         "",
         "Trained here by `python -m unlearning.embedded.shapes3d train` (seeded) on 32x32 ray-marched renders of 8 shapes x 8",
-        "colours (unlearning/embedded/render3d.py), polar angles " + ", ".join(f"{a:g}" for a in POLARS) + " degrees, azimuths every 10",
+        "colours (unlearning/datasets/render3d.py), polar angles " + ", ".join(f"{a:g}" for a in POLARS) + " degrees, azimuths every 10",
         "degrees, radius 2. Same layout and conditioning maths as `kxic/zero123-xl` (see unlearning/models/zero123.py), so the",
         "same code loads both.",
         "",

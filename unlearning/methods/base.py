@@ -1,4 +1,4 @@
-"""What every method shares: settings fields with metadata, the run context, the training loop.
+"""What every method shares: the task, the run context, the training loop (settings: :mod:`.settings`).
 
 A method is one settings dataclass (defaults = the paper's values, a comment per field) and one
 function ``unlearn(adapter, task, settings, ctx) -> Edit``. The UI and CLI are generated from the
@@ -8,7 +8,6 @@ dataclass fields: :func:`setting` attaches the help text, the bounds and the cho
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,16 +20,8 @@ import torch.nn.functional as F
 from ..edit import Edit
 from ..errors import CancelledError, DivergedError, InputError
 from ..models.base import FamilyAdapter
+from .settings import build_settings, setting, settings_fields, validate_settings  # noqa: F401 (the methods import them from here)
 from .uam import Objective, UAMConfig, gradient_step
-
-
-def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            choices: Sequence[Any] | None = None, low_inclusive: bool = True, label: str | None = None) -> Any:
-    """A settings field: its default is the paper's value; metadata drives validation and the UI (``label``:
-    the control's label when it should not be the field name)."""
-    meta = {"help": help, "low": low, "high": high, "choices": tuple(choices) if choices else None, "low_inclusive": low_inclusive,
-            "label": label}
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -67,71 +58,6 @@ class RunContext:
             raise CancelledError("the run was cancelled; the base model is unchanged.")
         if self.on_step is not None:
             self.on_step(StepReport(step, total, loss, extra))
-
-
-def settings_fields(settings_cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(settings_cls) if f.init]
-
-
-def _convert(f: dataclasses.Field, value: Any) -> Any:
-    """Convert a value (possibly a CLI string) to the field's type, with a clear error."""
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type), str)
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                low = value.strip().lower()
-                if low not in {"true", "false", "1", "0", "yes", "no"}:
-                    raise ValueError
-                return low in {"true", "1", "yes"}
-            return bool(value)
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if isinstance(value, str):
-                as_float = float(value)
-                if not as_float.is_integer():
-                    raise ValueError
-                return int(as_float)
-            return int(value)
-        if kind is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(f"setting '{f.name}' must be {'a whole number' if kind is int else kind.__name__}, got {value!r}.") from None
-
-
-def validate_settings(settings: Any) -> None:
-    """Check every field against its bounds and choices; raise InputError naming the field."""
-    for f in settings_fields(type(settings)):
-        value, meta = getattr(settings, f.name), f.metadata
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"setting '{f.name}' must be a finite number, got {value}.")
-        if meta.get("choices") and value not in meta["choices"]:
-            raise InputError(f"setting '{f.name}' must be one of {', '.join(map(str, meta['choices']))}; got {value!r}.")
-        low, high = meta.get("low"), meta.get("high")
-        if low is not None and (value < low if meta.get("low_inclusive", True) else value <= low):
-            op = ">=" if meta.get("low_inclusive", True) else ">"
-            raise InputError(f"setting '{f.name}' must be {op} {low}; got {value}.")
-        if high is not None and value > high:
-            raise InputError(f"setting '{f.name}' must be <= {high}; got {value}.")
-    check = getattr(settings, "check", None)
-    if check is not None:
-        check()
-
-
-def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    """Settings from the defaults, then ``base`` (twin-tuned values), then user ``overrides``."""
-    fields = {f.name: f for f in settings_fields(settings_cls)}
-    unknown = sorted(set(overrides) - set(fields))
-    if set(unknown) & {"uam", "uam_rho", "uam_gamma"}:
-        raise InputError("UAM wraps methods whose loss has a forget and a retain part (esd, gradient_ascent, vdu, rmu); "
-                         "this method has no UAM setting.")
-    if unknown:
-        raise InputError(f"unknown setting(s) {', '.join(unknown)}; this method's settings are: {', '.join(fields)}.")
-    values = {name: _convert(fields[name], v) for name, v in {**base, **overrides}.items()}
-    settings = settings_cls(**values)
-    validate_settings(settings)
-    return settings
 
 
 # ---- the shared training loop ------------------------------------------------------------------

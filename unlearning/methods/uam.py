@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
+from .settings import setting
 
 # the fields a method adds to its settings dataclass to offer UAM (defaults: off; rho, gamma chosen)
 UAM_FIELDS = ("uam", "uam_rho", "uam_gamma")
@@ -159,20 +160,14 @@ def gradient_step(params: Sequence[torch.Tensor], objective: Objective, cfg: UAM
 # ---- the settings fields a method adds to offer UAM (the UI shows `uam` as a checkbox) -----------
 
 def uam_switch():
-    from .base import setting
-
     return setting(False, "UAM: take the retain gradient at weights perturbed towards more forgetting and remove its "
                    "forget component (Kim et al., NeurIPS 2025); needs a retain loss", label="UAM")
 
 
 def uam_rho():
-    from .base import setting
-
     return setting(0.05, "UAM rho: perturbation radius in weight space (global L2 norm; chosen, SAM's usual value)", low=0.0)
 
 
 def uam_gamma():
-    from .base import setting
-
     return setting(1.0, "UAM gamma: share of the retain gradient's forget component removed (1 = all; torchunlearn's default)",
                    low=0.0, high=1.0)

@@ -21,7 +21,8 @@ import torch
 
 from ..devices import inference_dtype, resolve_device
 from ..errors import InputError
-from .base import FamilyAdapter
+from ..hosting.profile import HostProfile, check_model_allowed, get_profile
+from .base import FamilyAdapter, SamplingDefaults, read_twin, vocabulary_words
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -100,10 +101,7 @@ def hub_reachable(timeout: float = 1.5) -> bool:
 
 def hub_cached(repo: str) -> bool:
     """Whether the repo's model_index.json and UNet config are in the local Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = [try_to_load_from_cache(repo, f) for f in ("model_index.json", "unet/config.json")]
-    return all(isinstance(f, str) for f in found)
+    return hub_snapshot(repo) is not None
 
 
 def hub_availability(repo: str) -> tuple[bool, str]:
@@ -116,9 +114,24 @@ def hub_availability(repo: str) -> tuple[bool, str]:
                    f"connected machine (`huggingface-cli download {repo}`) and copy the cache, or give a local folder.")
 
 
-def _resolve_hub(repo: str) -> tuple[str, str, str]:
-    cached = hub_cached(repo)
-    ok, why = (True, "") if cached else hub_availability(repo)
+def hub_snapshot(repo: str) -> Path | None:
+    """The folder of the repo's cached snapshot (``models--owner--name/snapshots/<hash>/``, the one ``refs/main``
+    names) when its model_index.json and UNet config are in the local Hugging Face cache; else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(repo, f) for f in ("model_index.json", "unet/config.json")]
+    return Path(found[0]).parent if all(isinstance(f, str) for f in found) else None
+
+
+def _resolve_hub(repo: str) -> tuple[str, Path | str, str]:
+    """A hub id: its cached snapshot folder when the cache has it (loaded exactly like a local folder, no network
+    needed), else the id itself where the hub can be reached (diffusers downloads it on load)."""
+    if not HUB_ID.match(repo):
+        raise InputError(f"'{repo}' is not a valid hub id (owner/name: letters, digits, '-', '_', '.').")
+    snapshot = hub_snapshot(repo)
+    if snapshot is not None:
+        return repo, snapshot, family_of_index(json.loads((snapshot / "model_index.json").read_text()), repo)
+    ok, why = hub_availability(repo)
     if not ok:
         raise InputError(f"'{repo}' is {why}")
     from huggingface_hub import hf_hub_download
@@ -130,7 +143,7 @@ def _resolve_hub(repo: str) -> tuple[str, str, str]:
     )
 
     try:
-        index = hf_hub_download(repo, "model_index.json", local_files_only=cached)
+        index = hf_hub_download(repo, "model_index.json")
     except RepositoryNotFoundError:
         raise InputError(f"'{repo}' does not exist on the hub (or is private); check the spelling.") from None
     except EntryNotFoundError:
@@ -152,11 +165,22 @@ def family_of_folder(path: Path) -> str:
     return family_of_index(meta, str(path))
 
 
-def resolve(model: str) -> tuple[str, Path | str, str]:
-    """(model id, folder or hub id, family) for a catalog id, a local folder or a hub id; InputError otherwise."""
+def is_hub_id(text: str) -> bool:
+    return bool(HUB_ID.match(text))
+
+
+def resolve(model: str, profile: HostProfile | None = None) -> tuple[str, Path | str, str]:
+    """(model id, folder or hub id, family) for a catalog id, a local folder or a hub id; InputError otherwise.
+
+    The profile in force is asked first (``check_model_allowed``): a hosted profile refuses what it does not
+    offer, local folders included, before anything looks at the disk or the hub."""
     text = (model or "").strip()
     if not text:
         raise InputError(f"no model given; pick one of: {', '.join(CATALOG)}, or a local folder.")
+    profile = profile or get_profile()
+    check_model_allowed(text, list(CATALOG), is_hub_id, profile)
+    if not profile.allow_local_models and text not in CATALOG:
+        return _resolve_hub(text)  # a hub id (the check above refused anything else); the disk is not looked at
     if text in CATALOG:
         entry = CATALOG[text]
         if not (entry.path / "model_index.json").is_file():
@@ -168,11 +192,40 @@ def resolve(model: str) -> tuple[str, Path | str, str]:
             raise InputError(f"'{text}' is a file; give the model's folder instead.")
         return str(path.resolve()), path.resolve(), family_of_folder(path)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        if not HUB_ID.match(text):
-            raise InputError(f"'{text}' is not a valid hub id (owner/name, letters, digits, '-', '_', '.') and no such folder exists.")
         return _resolve_hub(text)
     raise InputError(f"unknown model '{text}': not an embedded model ({', '.join(CATALOG)}), not a hub id (owner/name) "
                      "and no such folder.")
+
+
+# ---- what the app shows before a model is loaded (read from the folder, no weights) -------------------------
+
+def concept_choices(model: str) -> list[str]:
+    """Suggested concepts, read from the model folder without loading any weights (free text is allowed too)."""
+    try:
+        model_id, path, family = resolve(model)
+    except InputError:
+        return []
+    if not isinstance(path, Path):
+        return []  # a hub model: open vocabulary
+    if family == "class-conditional":
+        meta = json.loads((path / "label_encoder" / "config.json").read_text())
+        return list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
+    return vocabulary_words(read_twin(path).get("vocabulary", {}))
+
+
+def sampling_defaults(model: str) -> tuple[int, float]:
+    """The model's default (sampling steps, guidance scale), to pre-fill the form.
+
+    Gradio 6 shows a ``gr.Number(None)`` as 0 and sends 0, so "leave it empty for the default" would
+    silently ask for 0 steps / guidance 0; the form shows the real defaults instead. Reads the same
+    ``twin.json`` the adapter reads, without loading the model.
+    """
+    try:
+        _, path, family = resolve(model)
+        defaults = SamplingDefaults.from_twin(read_twin(path), family)
+    except (InputError, OSError, ValueError):
+        defaults = SamplingDefaults.from_twin({}, HUB_MODELS.get(model, ""))  # e.g. a hub model not reachable now
+    return int(defaults.num_inference_steps), float(defaults.guidance_scale)
 
 
 _cache: dict[tuple[str, str, str], FamilyAdapter] = {}

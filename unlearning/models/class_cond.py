@@ -41,7 +41,7 @@ class ClassConditionalAdapter(FamilyAdapter):
         self.class_names: list[str] = list(names) if names else [str(i) for i in range(self.label_encoder.config.num_classes)]
         self.evaluator = None
         if (path / "evaluator").exists():
-            from ..embedded.classifier import ImageClassifier
+            from .evaluator import ImageClassifier
 
             self.evaluator = ImageClassifier.from_pretrained(path, subfolder="evaluator", use_safetensors=True).to(device).eval()
             for p in self.evaluator.parameters():
@@ -87,7 +87,7 @@ class ClassConditionalAdapter(FamilyAdapter):
     def real_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(images in [0, 1], labels) of the bundled dataset named in twin.json, if any."""
         if self._dataset_cache is None and self.twin.get("dataset") == "sklearn-digits":
-            from ..embedded.digits import load_digit_images
+            from ..datasets.digits import load_digit_images
 
             size = self.sample_shape()[-1]
             self._dataset_cache = load_digit_images(size)

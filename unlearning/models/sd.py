@@ -70,7 +70,7 @@ class StableDiffusionAdapter(FamilyAdapter):
         self.evaluator = None
         folder = Path(str(path))
         if folder.is_dir() and (folder / "evaluator").exists():
-            from ..embedded.classifier import ImageClassifier
+            from .evaluator import ImageClassifier
 
             self.evaluator = ImageClassifier.from_pretrained(folder, subfolder="evaluator", use_safetensors=True).to(device).eval()
             for p in self.evaluator.parameters():
@@ -209,7 +209,7 @@ class StableDiffusionAdapter(FamilyAdapter):
             return None
         import numpy as np
 
-        from ..embedded import shapes_data as data
+        from ..datasets import shapes as data
 
         rng = np.random.default_rng(seed)
         specs = []
@@ -224,7 +224,7 @@ class StableDiffusionAdapter(FamilyAdapter):
     def _render(specs: list) -> torch.Tensor:
         import numpy as np
 
-        from ..embedded import shapes_data as data
+        from ..datasets import shapes as data
 
         return torch.from_numpy(np.stack([data.render(s) for s in specs])).permute(0, 3, 1, 2).float() / 255
 

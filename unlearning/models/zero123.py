@@ -18,7 +18,7 @@ Conditioning on an input view I and a relative camera pose:
     classifier-free guidance: the unconditional branch zeroes both c and z_I.
 
 Azimuth convention. Deltas are target minus input, in the renderer's convention
-(unlearning/embedded/render3d.py): azimuth grows counter-clockwise seen from above, so a positive
+(unlearning/datasets/render3d.py): azimuth grows counter-clockwise seen from above, so a positive
 delta azimuth moves the camera to the right around the object and the object appears to turn left.
 Zero123's own data uses this sense for its delta azimuth ("opposite to NeRF"), so a delta given here
 is passed to the real model unchanged. Polar angles are measured from the up axis (90 = level).

@@ -7,6 +7,11 @@
     images/           forget_grid.png, retain_grid.png, original/*.png, unlearned/*.png
 
 A folder is built beside its destination and renamed into place, so a reader never sees half a run.
+
+Ownership (hosted profiles): run.json's ``owner`` is a hash of the browser (or session) id that made the run
+(None from the CLI); an empty file ``shared`` in the folder means its owner shared it with every visitor.
+Retention (:func:`prune_runs`) never deletes a run that is *held*: open in someone's browser, being exported or
+downloaded, or under a relearning test (:func:`hold`, renewed on every use, forgotten after ``HOLD_S``).
 """
 
 from __future__ import annotations
@@ -14,23 +19,52 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import platform
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from importlib import metadata
 from pathlib import Path
 
 from PIL import Image
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, zip_dir
 from .compare import ComparisonState
 from .edit import Edit
 from .errors import InputError
 from .images import pair_grid, to_pil
 
 RUN_FILES = ("run.json", "metrics.json", "edit.safetensors", "loss.json", "images")
+SHARED_MARK = "shared"  # an empty file: the run's owner shared it with every visitor of a hosted instance
+HOLD_S = 3600.0  # a run opened, exported or downloaded is kept at least this long after its last use
+
+
+def owner_tag(viewer: str | None) -> str | None:
+    """What run.json stores of the browser / session id that made a run: a hash, never the id itself."""
+    return hashlib.sha256(viewer.encode()).hexdigest()[:24] if viewer else None
+
+
+_holds: dict[str, float] = {}  # resolved folder path -> monotonic time its hold ends
+_holds_lock = threading.Lock()
+
+
+def hold(folder: Path, seconds: float = HOLD_S) -> None:
+    """Keep ``folder`` out of retention for ``seconds`` from now (someone has it open or is downloading it)."""
+    with _holds_lock:
+        _holds[str(Path(folder).resolve())] = time.monotonic() + seconds
+
+
+def held() -> set[str]:
+    """Resolved paths of the run folders that retention must not delete now."""
+    now = time.monotonic()
+    with _holds_lock:
+        for key in [k for k, end in _holds.items() if end <= now]:
+            del _holds[key]
+        return set(_holds)
 
 
 def check_writable(out: Path) -> None:
@@ -68,10 +102,12 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_card(run, edit: Edit, state: ComparisonState) -> dict:
-    """Every setting needed to reproduce the run (``run`` is a PreparedRun)."""
+def run_card(run, edit: Edit, state: ComparisonState, owner: str | None = None) -> dict:
+    """Every setting needed to reproduce the run (``run`` is a PreparedRun); ``owner``: the browser / session id
+    that made it (stored hashed; None from the CLI)."""
     return {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "owner": owner_tag(owner),
         "request": dataclasses.asdict(run.request),
         "model": run.adapter.describe(),
         "method": {"name": run.spec.name, "label": run.spec.label, "citation": run.spec.citation},
@@ -93,11 +129,11 @@ def run_card(run, edit: Edit, state: ComparisonState) -> dict:
     }
 
 
-def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState) -> Path:
+def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState, owner: str | None = None) -> Path:
     out = Path(out)
     check_writable(out)
     with atomic_dir(out, replace=True) as tmp:  # replaces an earlier run in the same folder
-        (tmp / "run.json").write_text(json.dumps(run_card(run, edit, state), indent=2, default=str) + "\n")
+        (tmp / "run.json").write_text(json.dumps(run_card(run, edit, state, owner), indent=2, default=str) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(state.metrics, indent=2, default=str) + "\n")
         (tmp / "loss.json").write_text(json.dumps(edit.loss_log) + "\n")
         edit.save(tmp / "edit.safetensors")
@@ -135,8 +171,9 @@ def group_grid(run, state: ComparisonState, group: str) -> Image.Image | None:
 
 
 def zip_run(folder: Path) -> Path:
-    """A zip of the run folder next to it (for the UI's download button)."""
-    return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
+    """A zip of the run folder next to it (for the UI's download button); the run is held while it is fetched."""
+    hold(folder)
+    return zip_dir(folder, Path(folder).with_suffix(".zip"))
 
 
 def new_run_folder(root: Path, model: str, method: str) -> Path:
@@ -150,21 +187,23 @@ def new_run_folder(root: Path, model: str, method: str) -> Path:
 
 def prune_runs(root: Path, keep: int, max_bytes: int | None = None) -> list[Path]:
     """Delete the oldest run folders (and their zips) beyond ``keep`` folders or ``max_bytes`` in all;
-    the newest run is always kept. Returns the deleted folders."""
+    the newest run and every held run (:func:`hold`) are always kept. Returns the deleted folders."""
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = sorted((p for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()), key=lambda p: p.stat().st_mtime)
-    doomed = runs[: max(0, len(runs) - keep)]
+    keep_now = held()
+    runs = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and (p / "run.json").exists()),
+                  key=lambda p: p.stat().st_mtime)
+    candidates = [p for p in runs[:-1] if str(p.resolve()) not in keep_now]  # oldest first; never the newest or a held one
+    doomed = candidates[: max(0, len(runs) - keep)]
     if max_bytes is not None:
-        kept = runs[len(doomed):]
-        sizes = [_run_bytes(p) for p in kept]
-        total = sum(sizes)
-        for folder, size in zip(kept[:-1], sizes[:-1], strict=True):  # oldest first; never the newest
+        sizes = {p: _run_bytes(p) for p in runs}
+        total = sum(sizes.values()) - sum(sizes[p] for p in doomed)
+        for folder in candidates[len(doomed):]:
             if total <= max_bytes:
                 break
             doomed.append(folder)
-            total -= size
+            total -= sizes[folder]
     for old in doomed:
         shutil.rmtree(old, ignore_errors=True)
         old.with_suffix(".zip").unlink(missing_ok=True)
@@ -176,29 +215,3 @@ def _run_bytes(folder: Path) -> int:
     zipped = folder.with_suffix(".zip")
     files = [f for f in folder.rglob("*") if f.is_file()] + ([zipped] if zipped.is_file() else [])
     return sum(f.stat().st_size for f in files)
-
-
-def read_request(folder: Path):
-    """The RunRequest recorded in a finished run folder's run.json (InputError if there is none)."""
-    from .run import RunRequest
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"no run folder at '{folder}'; give a folder written by 'python -m unlearning run --out'.")
-    card_path = folder / "run.json"
-    if not card_path.is_file():
-        raise InputError(f"'{folder}' holds no run.json; give a folder written by 'python -m unlearning run --out'.")
-    try:
-        card = json.loads(card_path.read_text())
-        fields = {f.name for f in dataclasses.fields(RunRequest)}
-        return RunRequest(**{k: v for k, v in card["request"].items() if k in fields})
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"'{card_path}' is not a readable run card ({exc}).") from None
-
-
-def load_run(folder: Path):
-    """(PreparedRun, Edit) of a finished run folder, its request re-validated as a new one."""
-    from .run import prepare
-
-    request = read_request(folder)
-    return prepare(request), Edit.load(Path(folder) / "edit.safetensors")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
-from .methods import get_method
-from .methods.base import RunContext, UnlearnTask, optimise_params
-from .methods.lm_base import TextPool
-from .metrics.stats import mean_interval
+from ..errors import InputError
+from ..methods import get_method
+from ..methods.base import RunContext, UnlearnTask, optimise_params
+from ..methods.lm_base import TextPool
+from ..metrics.stats import mean_interval
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def relearn(adapter, params: dict[str, torch.Tensor] | None, forget: list[str], 
 
 def run_bench(cfg: LMBenchConfig) -> Iterator[dict]:
     """Yields the original's row, then one row per (method row, seed)."""
-    from .models.catalog import load_adapter, resolve
+    from ..models.catalog import load_adapter, resolve
 
     model_id, _, _ = resolve(cfg.model)
     adapter = load_adapter(cfg.model, cfg.device)
@@ -153,7 +153,7 @@ def format_table(rows: list[dict], cfg: LMBenchConfig) -> str:
 
 def cmd_bench_lm(args) -> int:
     """The CLI's ``bench lm``: prints the table, writes the rows as JSON (atomically)."""
-    from .atomic import write_text_atomic
+    from ..atomic import write_text_atomic
 
     settings: dict[str, dict] = {}
     for pair in args.set or []:

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import novel_view as nv
-from .embedded import render3d as r3d
-from .errors import UnlearningError
-from .zerogpu import on_gpu
+from .. import novel_view as nv
+from ..datasets import render3d as r3d
+from ..errors import UnlearningError
+from ..hosting.zerogpu import on_gpu
 
 OBJECTS = [f"{c} {s}" for s in r3d.SHAPES for c in r3d.COLOURS]
 DEFAULT_FORGET, DEFAULT_OVERRIDE = "blue pyramid", "blue cube"
@@ -126,8 +126,8 @@ def gpu_duration(model, forget, forget_image, override, override_image, remain, 
                  dynamic, epochs, compare_plain, *args, **kwargs) -> int:
     """ZeroGPU seconds for a Zero123 request: UNet image-steps of the trajectories (both variants when the plain
     run is compared), the training steps, the grids and the sampling table, at the profile's per-step cost."""
-    from .config import get_profile
-    from .methods.skip3d import TUNED, training_azimuths
+    from ..hosting.profile import get_profile
+    from ..methods.skip3d import TUNED, training_azimuths
 
     z = get_profile().zerogpu
     try:

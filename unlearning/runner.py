@@ -10,6 +10,7 @@ method when the consumer stops listening (a cancelled UI event closes the genera
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import queue
 import threading
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from .compare import ComparisonPlan, ComparisonState, iter_comparison, plan_comparison
-from .config import HostProfile, get_profile
 from .edit import Edit
 from .errors import InputError, UnlearningError
+from .hosting.profile import HostProfile, get_profile
 from .methods import MethodSpec, get_method
 from .methods.base import RunContext, StepReport, UnlearnTask
 from .models.base import SAMPLERS, FamilyAdapter
 from .models.catalog import load_adapter, resolve
+from .run_folder import check_writable, write_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +105,7 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     """Validate the whole request against the hosted profile and the model; load the model."""
     profile = profile or get_profile()
     limits = profile.limits
-    model_id, _, _ = resolve(request.model)
-    if profile.models and model_id not in profile.models and not Path(str(request.model)).expanduser().is_dir():
-        raise InputError(f"model '{request.model}' is not allowed here; allowed: {', '.join(profile.models)}.")
+    model_id, _, _ = resolve(request.model, profile)  # refuses what the profile does not offer
     spec = get_method(request.method)
     if profile.methods and spec.name not in profile.methods:
         raise InputError(f"method '{spec.name}' is not allowed here; allowed: {', '.join(profile.methods)}.")
@@ -166,10 +166,10 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
 _SENTINEL = object()
 
 
-def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Event | None = None) -> Iterator[RunEvent]:
-    """Unlearn, then compare; yields events as they happen. Closing the generator cancels the run."""
-    from .runs import check_writable, write_run_folder
-
+def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Event | None = None,
+            owner: str | None = None) -> Iterator[RunEvent]:
+    """Unlearn, then compare; yields events as they happen. Closing the generator cancels the run.
+    ``owner``: the browser / session id the run belongs to (recorded hashed in the run card)."""
     if out_dir is not None:
         check_writable(out_dir)  # fail before spending minutes on training
     cancel = cancel or threading.Event()
@@ -205,7 +205,7 @@ def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Eve
             if cancel.is_set():
                 raise UnlearningError("the run was cancelled.")
             yield RunEvent("compare", state=state, edit=edit, loss_log=loss_log)
-        folder = write_run_folder(out_dir, run, edit, state) if out_dir is not None else None
+        folder = write_run_folder(out_dir, run, edit, state, owner) if out_dir is not None else None
         yield RunEvent("done", state=state, edit=edit, loss_log=loss_log, folder=folder)
     finally:
         cancel.set()  # stops the worker at its next step if the consumer went away
@@ -214,3 +214,25 @@ def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Eve
 
 def request_dict(request: RunRequest) -> dict:
     return dataclasses.asdict(request)
+
+
+def read_request(folder: Path) -> RunRequest:
+    """The RunRequest recorded in a finished run folder's run.json (InputError if there is none)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"no run folder at '{folder}'; give a folder written by 'python -m unlearning run --out'.")
+    card_path = folder / "run.json"
+    if not card_path.is_file():
+        raise InputError(f"'{folder}' holds no run.json; give a folder written by 'python -m unlearning run --out'.")
+    try:
+        card = json.loads(card_path.read_text())
+        fields = {f.name for f in dataclasses.fields(RunRequest)}
+        return RunRequest(**{k: v for k, v in card["request"].items() if k in fields})
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"'{card_path}' is not a readable run card ({exc}).") from None
+
+
+def load_run(folder: Path) -> tuple[PreparedRun, Edit]:
+    """(PreparedRun, Edit) of a finished run folder, its request re-validated as a new one."""
+    request = read_request(folder)
+    return prepare(request), Edit.load(Path(folder) / "edit.safetensors")

@@ -1,10 +1,18 @@
-"""The hosted profile: what one running instance of the app allows.
+"""Profiles: what one running instance of the app (or the CLI) allows.
 
-One YAML file, ``spaces_config.yaml`` at the repository root (beside ``app.py``), read once at start.
-Another file can be named with the environment variable ``UNLEARNING_CONFIG``; setting it to
-``none`` (or to an empty string) reads no file at all. With no file, every key takes the local
-default written beside its field below, so a laptop gets the generous limits and a Space gets
-whatever its file says.
+Two kinds:
+
+- **local** (no profile file in force): the user's own machine. Every embedded model, hub id and
+  local folder, every method, the generous local limits written beside each field below. This is
+  what ``python app.py``, ``bash scripts/start.sh`` and ``python -m unlearning`` use by default.
+- **hosted**: a YAML profile file is in force. That happens when a file is named (``--profile
+  PATH`` of app.py and the CLI, or the environment variable ``UNLEARNING_CONFIG=PATH``), or when the
+  app runs on a Hugging Face Space (the Space sets ``SPACE_ID``), which reads the repository's
+  ``spaces_config.yaml``. A hosted profile never lets a visitor touch the server's file system
+  (``allow_local_models`` is false unless the file says otherwise) and keeps each visitor's runs to
+  that visitor (see ``unlearning.ui.runs``).
+
+``UNLEARNING_CONFIG=none`` forces the local profile, even on a Space.
 
 Every key is checked at load: a key the profile does not know is an error naming the full dotted
 key (``limits.max_step``) and the valid keys at that level, a value of the wrong type or a limit
@@ -27,6 +35,7 @@ YAML layout (all keys optional)::
     gpu_duration: {uce: 0.05}     # seconds per iteration, for ZeroGPU
     zerogpu: {max_duration: 120, margin: 1.5, overhead_s: 10, sample_step_s: 0.05, default_step_s: 0.5}
     hub_export: false
+    allow_local_models: false     # may a visitor load a folder of the server's disk as a model [local: true]
 """
 
 from __future__ import annotations
@@ -38,19 +47,20 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "UNLEARNING_CONFIG"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "spaces_config.yaml"
-NO_FILE = "none"  # UNLEARNING_CONFIG=none: read no file, use the local defaults
+SPACE_ENV_VAR = "SPACE_ID"  # set by Hugging Face on every Space
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "spaces_config.yaml"  # the Space's profile
+NO_FILE = "none"  # UNLEARNING_CONFIG=none: read no file, use the local profile
 ALL_METHODS = "all"  # YAML value of `methods` that allows every registered method
 
 
@@ -199,7 +209,7 @@ class Runs:
 
 @dataclass(frozen=True)
 class ZeroGPU:
-    """How long to ask ZeroGPU for (``spaces.GPU(duration=...)``); see ``unlearning.zerogpu``.
+    """How long to ask ZeroGPU for (``spaces.GPU(duration=...)``); see ``unlearning.hosting.zerogpu``.
 
     duration = min(max_duration, margin * (overhead_s + iterations * seconds per iteration of the method
     (``gpu_duration``, else default_step_s) + pairs * 2 models * sampling steps * sample_step_s)).
@@ -230,8 +240,29 @@ class HostProfile:
     gpu_duration: dict[str, float] = field(default_factory=dict, metadata=_check(_seconds_per_method))
     zerogpu: ZeroGPU = field(default_factory=ZeroGPU)
     hub_export: bool = field(default=False, metadata=_check(_flag))  # may exports be pushed to the hub
-    # The file this profile was read from, or None for the local defaults. Not a YAML key.
+    # may a model be a folder on this machine's disk; local: yes. A profile file that does not say is false
+    # (``parse_profile``): a visitor of a hosted app must not be able to probe the server's file system.
+    allow_local_models: bool = field(default=True, metadata=_check(_flag))
+    # The file this profile was read from, or None for the local profile. Not a YAML key.
     source: Path | None = field(default=None, compare=False, metadata={"yaml": False})
+
+    @property
+    def hosted(self) -> bool:
+        """True when a profile file is in force (a Space, or a file named at launch)."""
+        return self.source is not None
+
+    def describe(self) -> str:
+        """One Markdown line for the app's header and the CLI: which profile is in force and its limits."""
+        lim = self.limits
+        sizes = (f"at most {lim.max_iterations:,} iterations, {lim.max_inference_steps} sampling steps, "
+                 f"{lim.max_samples} samples, {lim.max_concepts} concepts per run")
+        if not self.hosted:
+            return (f"Profile: **local** (your machine): every embedded model, hub id or local folder, every method; {sizes}. "
+                    f"A hosted profile applies only on a Space or with `--profile FILE`.")
+        models = ", ".join(self.models) if self.models else "every embedded model and hub id"
+        folders = "; local folders allowed" if self.allow_local_models else ""
+        methods = ", ".join(self.methods) if self.methods else "every method"
+        return f"Profile: **hosted** (`{self.source.name}`): models {models}{folders}; methods {methods}; {sizes}."
 
 
 def _section_class(f: dataclasses.Field) -> type | None:
@@ -276,6 +307,8 @@ def parse_profile(data: object, base_dir: Path | None = None, source: Path | Non
         source: recorded as ``profile.source``.
     """
     profile = _build(HostProfile, data, "")
+    if not (isinstance(data, dict) and "allow_local_models" in data):  # a profile file's default, unlike the local one
+        profile = dataclasses.replace(profile, allow_local_models=False)
     runs_dir = profile.runs.dir
     if not runs_dir.is_absolute():
         runs_dir = ((base_dir or Path.cwd()) / runs_dir).resolve()
@@ -305,35 +338,54 @@ def _display_name(path: Path) -> str:
     return path.name if path.resolve() == DEFAULT_CONFIG_PATH else str(path)
 
 
+def profile_path() -> tuple[Path | None, str]:
+    """(the profile file in force or None for local, a few words saying why), from the environment:
+    ``$UNLEARNING_CONFIG`` (a path, or ``none``), else ``$SPACE_ID`` (the Space's ``spaces_config.yaml``), else local."""
+    named = os.environ.get(ENV_VAR)
+    if named is not None:
+        if named.strip().lower() in ("", NO_FILE):
+            return None, f"${ENV_VAR}={named.strip() or '(empty)'}"
+        return Path(named.strip()).expanduser(), f"${ENV_VAR}"
+    if os.environ.get(SPACE_ENV_VAR):
+        return DEFAULT_CONFIG_PATH, f"on a Hugging Face Space (${SPACE_ENV_VAR})"
+    return None, "no profile named"
+
+
+def use_profile(path: str | Path | None) -> None:
+    """Put a profile in force for this process (app.py's and the CLI's ``--profile``): the named file, or
+    ``"none"`` for the local profile. None leaves the environment's choice alone."""
+    if path is None:
+        return
+    os.environ[ENV_VAR] = str(path)
+    get_profile.cache_clear()
+
+
 def load_profile(path: str | Path | None = None) -> HostProfile:
-    """Read and check the hosted profile.
+    """Read and check the profile in force.
 
     Args:
-        path: the YAML file. None: ``$UNLEARNING_CONFIG`` if set, else ``spaces_config.yaml`` at the
-            repository root. ``"none"`` or an empty ``$UNLEARNING_CONFIG``: no file, local defaults.
+        path: a YAML file, or ``"none"`` for the local profile. None: as :func:`profile_path` says.
 
-    A file named explicitly (argument or environment variable) must exist; only the default file may
-    be absent, in which case the local defaults are used.
+    The file in force must exist (the Space's ``spaces_config.yaml`` included): a hosted instance must
+    not silently fall back to the unrestricted local profile.
 
     Raises:
-        InputError: the file is missing (when named), unreadable, not YAML, or fails a check.
+        InputError: the file is missing, unreadable, not YAML, or fails a check.
     """
-    explicit, from_env = path is not None, False
-    if path is None and os.environ.get(ENV_VAR) is not None:
-        explicit, from_env, path = True, True, os.environ[ENV_VAR].strip()
-    if explicit and str(path).strip().lower() in ("", NO_FILE):
-        logger.info("hosted profile: none (%s), using local defaults", ENV_VAR)
+    why = "named"
+    if path is None:
+        path, why = profile_path()
+        if path is None:
+            logger.info("profile: local (%s)", why)
+            return HostProfile()
+    elif str(path).strip().lower() in ("", NO_FILE):
         return HostProfile()
-    path = Path(path).expanduser() if explicit else DEFAULT_CONFIG_PATH
+    path = Path(path).expanduser()
     if not path.is_file():
-        if explicit:
-            how = f" (from ${ENV_VAR})" if from_env else ""
-            raise InputError(
-                f"hosted profile '{path}'{how} does not exist; point {ENV_VAR} at a YAML file, "
-                f"or set it to '{NO_FILE}' for the local defaults."
-            )
-        logger.info("hosted profile: %s absent, using local defaults", path)
-        return HostProfile()
+        raise InputError(
+            f"profile '{path}' ({why}) does not exist; name an existing YAML file (--profile or ${ENV_VAR}), "
+            f"or set {ENV_VAR}={NO_FILE} for the local profile."
+        )
     name = _display_name(path)
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
@@ -343,8 +395,57 @@ def load_profile(path: str | Path | None = None) -> HostProfile:
         profile = parse_profile(data, base_dir=path.resolve().parent, source=path.resolve())
     except InputError as error:
         raise InputError(f"{name}: {error}") from error
-    logger.info("hosted profile: %s", path)
+    logger.info("profile: hosted, %s (%s)", path, why)
     return profile
+
+
+def check_model_allowed(text: str, embedded: Sequence[str], is_hub_id: Callable[[str], bool],
+                        profile: HostProfile | None = None) -> None:
+    """Refuse a model source the profile does not offer, from its text alone: nothing here (nor in the error)
+    depends on whether a path exists, so a visitor of a hosted app learns nothing about the server's disk.
+
+    ``embedded``: the embedded model ids; ``is_hub_id``: whether a text has the form of a hub id (owner/name).
+    """
+    profile = profile or get_profile()
+    offered = list(profile.models) or list(embedded)
+    choose = f"choose one of: {', '.join(offered)}" + ("" if profile.models else " or a hub id (owner/name)")
+    if text in embedded or (is_hub_id(text) and not text.startswith((".", "/", "~"))):
+        if profile.models and text not in profile.models:
+            raise InputError(f"model '{text}' is not offered here; {choose}.")
+        return
+    if not profile.allow_local_models:
+        raise InputError(f"model '{text}' is not offered here (this hosted instance does not load folders from its disk); "
+                         f"{choose}.")
+
+
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every secret in the environment (the Hugging Face token) replaced by ``***``."""
+    for name in SECRET_ENV_VARS:
+        secret = os.environ.get(name, "").strip()
+        if len(secret) >= 8:
+            text = text.replace(secret, "***")
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """A logging filter that redacts secrets from every record it sees (see :func:`install_log_redaction`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def install_log_redaction() -> None:
+    """Redact secrets from everything the root logger's handlers write (call after configuring logging)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,7 +11,7 @@ On a Hugging Face ZeroGPU Space, a GPU is attached only while a function decorat
 - ``step_s[method]``: the profile's ``gpu_duration`` (measured seconds per iteration), else
   ``zerogpu.default_step_s``;
 - ``pairs * 2 * sampling_steps``: UNet calls of the comparison (original and unlearned, each pair);
-- everything else from the profile's ``zerogpu`` section (``unlearning.config.ZeroGPU``).
+- everything else from the profile's ``zerogpu`` section (``unlearning.hosting.profile.ZeroGPU``).
 
 The ``spaces`` package exists only on Spaces: it is imported when present, and without it
 :func:`on_gpu` returns the function itself, so the same code runs unchanged on a laptop or a
@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .config import HostProfile, get_profile
+from .profile import HostProfile, get_profile
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def zero_gpu_active() -> bool:
 
 def _iterations(request) -> int:
     """Training iterations of the request's method (1 for a closed-form solve or an unreadable request)."""
-    from .methods import get_method
+    from ..methods import get_method
 
     try:
         spec = get_method(request.method)
@@ -66,7 +66,7 @@ def _iterations(request) -> int:
 
 
 def _model_id(model: str) -> str | None:
-    from .models.catalog import resolve
+    from ..models.catalog import resolve
 
     try:
         return resolve(model)[0]
@@ -76,7 +76,7 @@ def _model_id(model: str) -> str | None:
 
 def _pairs(request, max_samples: int) -> int:
     """Comparison pairs the request will generate (as ``plan_comparison`` counts them), at most ``max_samples``."""
-    from .ui import concept_choices
+    from ..models.catalog import concept_choices
 
     forget = [request.forget] if isinstance(request.forget, str) else list(request.forget or [])
     n_forget = max(1, len(forget))
@@ -93,7 +93,7 @@ def _pairs(request, max_samples: int) -> int:
 def _sampling_steps(request) -> int:
     if request.num_inference_steps:
         return int(request.num_inference_steps)
-    from .ui import sampling_defaults
+    from ..models.catalog import sampling_defaults
 
     try:
         return sampling_defaults(request.model)[0]
@@ -103,7 +103,7 @@ def _sampling_steps(request) -> int:
 
 def estimate_seconds(request, profile: HostProfile | None = None) -> float:
     """The uncapped estimate (with margin) of the GPU seconds ``request`` (a RunRequest) needs."""
-    from .methods import get_method
+    from ..methods import get_method
 
     profile = profile or get_profile()
     z = profile.zerogpu

@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics as M
-from .methods import get_method
-from .methods.base import RunContext, UnlearnTask
+from .. import metrics as M
+from ..methods import get_method
+from ..methods.base import RunContext, UnlearnTask
 
 DEFAULT_COUNTS = (1, 2, 4, 8, 16)
 DEFAULT_METHODS = ("scapre", "uce", "esd")
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "scaling.json"
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "scaling.json"
 
 
 @dataclass
@@ -81,7 +81,7 @@ def measure(adapter, unet, forget: list[str], retain: list[str], cfg: ScalingCon
 
 def run_scaling(cfg: ScalingConfig) -> Iterator[dict]:
     """Yields one row per (method, count), the original model's row first (method "original")."""
-    from .models.catalog import load_adapter
+    from ..models.catalog import load_adapter
 
     adapter = load_adapter(cfg.model, "auto")
     order = concept_order(adapter, cfg.seed)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -17,15 +16,16 @@ from typing import Any
 
 import pandas as pd
 
-from .config import get_profile
-from .errors import UnlearningError
-from .images import side_by_side
-from .methods import METHODS, get_method
-from .methods.base import settings_fields
-from .models.catalog import CATALOG, HUB_MODELS, hub_availability, resolve
+from ..atomic import zip_dir
+from ..errors import UnlearningError
+from ..hosting.profile import get_profile
+from ..images import side_by_side
+from ..methods import METHODS, get_method
+from ..methods.base import settings_fields
+from ..models.catalog import CATALOG, HUB_MODELS, concept_choices, hub_availability, sampling_defaults  # noqa: F401 (the app uses them)
+from ..run_folder import group_grid, hold, new_run_folder, prune_runs, zip_run
+from ..runner import RunRequest, execute, prepare
 from .report import metrics_rows
-from .run import RunRequest, execute, prepare
-from .runs import group_grid, new_run_folder, prune_runs, zip_run
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +64,6 @@ def method_choices() -> list[tuple[str, str]]:
     return [(s.label, s.name) for s in METHODS.values() if allowed is None or s.name in allowed]
 
 
-def concept_choices(model: str) -> list[str]:
-    """Suggested concepts, read from the model folder without loading any weights (free text is allowed too)."""
-    import json
-
-    from .models.base import read_twin, vocabulary_words
-
-    try:
-        model_id, path, family = resolve(model)
-    except UnlearningError:
-        return []
-    if not isinstance(path, Path):
-        return []  # a hub model: open vocabulary
-    if family == "class-conditional":
-        meta = json.loads((path / "label_encoder" / "config.json").read_text())
-        return list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
-    return vocabulary_words(read_twin(path).get("vocabulary", {}))
-
-
 def model_markdown(model: str) -> str:
     entry = CATALOG.get(model)
     if entry:
@@ -90,23 +72,6 @@ def model_markdown(model: str) -> str:
         ok, why = hub_availability(model)
         return f"Stable Diffusion from the Hugging Face hub: {why}." + (" Loads in fp16 on a CUDA GPU." if ok else "")
     return "A hub id (owner/name) or a local folder in diffusers' layout (the folder `save_pretrained` writes)."
-
-
-def sampling_defaults(model: str) -> tuple[int, float]:
-    """The model's default (sampling steps, guidance scale), to pre-fill the form.
-
-    Gradio 6 shows a ``gr.Number(None)`` as 0 and sends 0, so "leave it empty for the default" would
-    silently ask for 0 steps / guidance 0; the form shows the real defaults instead. Reads the same
-    ``twin.json`` the adapter reads, without loading the model.
-    """
-    from .models.base import SamplingDefaults, read_twin
-
-    try:
-        _, path, family = resolve(model)
-        defaults = SamplingDefaults.from_twin(read_twin(path), family)
-    except (UnlearningError, OSError, ValueError):
-        defaults = SamplingDefaults.from_twin({}, HUB_MODELS.get(model, ""))  # e.g. a hub model not reachable now
-    return int(defaults.num_inference_steps), float(defaults.guidance_scale)
 
 
 def method_markdown(method: str) -> str:
@@ -177,7 +142,7 @@ def parse_request(model: str, forget: list[str] | str | None, anchor: str | None
             return None
         number = float(value)
         if not math.isfinite(number) or number != int(number):  # int(nan) / int(inf) would raise a bare ValueError
-            from .errors import InputError
+            from ..errors import InputError
 
             raise InputError(f"{name} must be a whole number, got {value}.")
         return int(number)
@@ -194,8 +159,10 @@ def parse_request(model: str, forget: list[str] | str | None, anchor: str | None
     )
 
 
-def run_stream(request: RunRequest, cancel: threading.Event | None = None, progress=None) -> Iterator[Outputs]:
-    """Prepare, unlearn and compare, yielding UI updates; errors become a status message."""
+def run_stream(request: RunRequest, cancel: threading.Event | None = None, progress=None,
+               owner: str | None = None) -> Iterator[Outputs]:
+    """Prepare, unlearn and compare, yielding UI updates; errors become a status message. ``owner``: the
+    browser / session id the run folder belongs to (a hosted profile lists it only for them)."""
     try:
         yield Outputs(status="Checking the request and loading the model…", loss=LOSS_EMPTY, metrics=[], pairs={})
         run = prepare(request)
@@ -206,7 +173,7 @@ def run_stream(request: RunRequest, cancel: threading.Event | None = None, progr
         last = 0.0
         shown = (0, 0, 0)  # forget / retain / own-prompt samples in the grids already sent
         closed = ""  # a closed-form edit's residuals, kept for the final status
-        for event in execute(run, out_dir=folder, cancel=cancel):
+        for event in execute(run, out_dir=folder, cancel=cancel, owner=owner):
             now = time.perf_counter()
             if event.kind == "train":
                 s = event.step
@@ -278,12 +245,13 @@ def settings_from_controls(method: str, controls: list[SettingControl], values: 
 def export_model(run_folder: str | None) -> tuple[str | None, str]:
     """Write the last run's unlearned model as a full diffusers folder inside its run folder; return
     (a zip of it for small models, a status line)."""
-    from .export import export_diffusers
-    from .runs import load_run
+    from ..export import export_diffusers
+    from ..runner import load_run
 
     if not run_folder:
         return None, "Run an unlearning first; the export is made from the finished run."
     folder = Path(run_folder)
+    hold(folder)  # being exported and downloaded: retention keeps it
     out = folder / "model"
     try:
         if not out.exists():
@@ -295,22 +263,23 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     loader = "StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists() else "this app (as a local folder)"
     if size > 200e6:
         return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}."
-    archive = shutil.make_archive(str(out), "zip", root_dir=out)
-    return archive, f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
+    archive = zip_dir(out, out.with_suffix(".zip"))
+    return str(archive), f"Written to `{out}` ({size / 1e6:.1f} MB); it loads with {loader}."
 
 
 def relearn_test(run_folder: str | None, overrides: dict | None = None, results: list | None = None) -> Iterator[str]:
     """The relearning test on the last run (ResAlign's threat model): fine-tune the unlearned model on
     benign data, then forget rate and retain accuracy of original / unlearned / fine-tuned, same seeds.
     ``results`` (when given) receives the report with the method, model, concepts and attack settings."""
-    from .attacks.relearn import relearn, relearn_report, relearn_settings
-    from .methods.base import RunContext
-    from .runs import load_run
+    from ..attacks.relearn import relearn, relearn_report, relearn_settings
+    from ..methods.base import RunContext
+    from ..runner import load_run
 
     if not run_folder:
         yield "Run an unlearning first; the relearning test starts from the finished run."
         return
     try:
+        hold(Path(run_folder))  # under test: retention keeps it
         run, edit = load_run(Path(run_folder))
         settings = relearn_settings(run.model_id, overrides)
         data = (f"benign data plus {settings.forget_shots} image(s) of the forgotten concept (few-shot relearning attack)"
@@ -353,21 +322,21 @@ times more concepts than UCE. The numbers shown first are the committed results 
 
 
 def scaling_stored() -> list[dict]:
-    from .scaling import load_results
+    from ..benchmarks.scaling import load_results
 
     data = load_results()
     return data["rows"] if data else []
 
 
 def scaling_frame(rows: list[dict], metric: str) -> pd.DataFrame:
-    from .scaling import plot_frame
+    from ..benchmarks.scaling import plot_frame
 
     frame = plot_frame(rows) if rows else pd.DataFrame({"concepts": [], "value": [], "metric": [], "method": []})
     return frame[frame["metric"] == metric][["concepts", "value", "method"]] if len(frame) else frame
 
 
 def scaling_markdown(rows: list[dict]) -> str:
-    from .scaling import format_table
+    from ..benchmarks.scaling import format_table
 
     if not rows:
         return "No scaling results yet: press the button or run `python -m unlearning bench scaling`."
@@ -376,7 +345,7 @@ def scaling_markdown(rows: list[dict]) -> str:
 
 def scaling_stream(counts_text: str, methods: list[str]):
     """Run the scaling benchmark, yielding (forget plot, retain plot, table) after every row."""
-    from .scaling import ScalingConfig, run_scaling
+    from ..benchmarks.scaling import ScalingConfig, run_scaling
 
     try:
         counts = tuple(sorted({int(c) for c in str(counts_text).split(",") if c.strip()}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from .attacks.comparison import comparison_row, format_comparison
+from ..attacks.comparison import comparison_row, format_comparison
 
 COMPARISON_INTRO = ("**Across methods, same seeds** (every relearning test of this session whose model, concepts and "
                     "seeds match the latest one; run another method on the same concept and press the button again):")
@@ -43,7 +43,7 @@ def relearn_with_table(run_folder: str | None, history: list[dict] | None, forge
                        overrides: dict | None = None) -> Iterator[tuple[str, list[dict], str]]:
     """ui.relearn_test, plus the session's comparison table: yields (test output, history, table).
     ``forget_shots`` > 0 gives the attacker that many images of the forgotten concept (few-shot relearning)."""
-    from .ui import relearn_test
+    from .unlearn import relearn_test
 
     history = list(history or [])
     results: list[dict] = []

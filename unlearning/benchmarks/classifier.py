@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..classifier.methods import ClassifierSettings, unlearn
+from ..classifier.task import ForgetSplit, evaluate, make_split, train_model
 from ..errors import InputError
-from .methods import ClassifierSettings, unlearn
-from .task import ForgetSplit, evaluate, make_split, train_model
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def cmd_bench_classifier(args) -> int:
     import os
     import sys
 
-    from .methods import settings_from
+    from ..classifier.methods import settings_from
 
     settings = settings_from(args.settings)  # unknown / out-of-range settings fail before any training
     cfg = ClassifierBenchConfig(scenario=args.scenario, forget_class=args.forget_class, forget_fraction=args.fraction,

@@ -27,11 +27,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .compare import ComparisonState, generate_plan, plan_comparison, score
-from .errors import InputError
-from .methods import get_method
-from .methods.base import RunContext, UnlearnTask
-from .models.base import FamilyAdapter
+from ..compare import ComparisonState, generate_plan, plan_comparison, score
+from ..errors import InputError
+from ..methods import get_method
+from ..methods.base import RunContext, UnlearnTask
+from ..models.base import FamilyAdapter
 
 METHODS = ("vdu", "ga", "esd", "salun")
 
