@@ -17,6 +17,7 @@ from unlearning.devices import DEVICE_CHOICES
 from unlearning.hosting.profile import get_profile, install_log_redaction, use_profile
 from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from unlearning.methods import METHODS
+from unlearning.ui import lm as ui_lm
 from unlearning.ui import relearn as ui_relearn
 from unlearning.ui import unlearn as ui
 from unlearning.ui import zero123 as ui_zero123
@@ -89,7 +90,7 @@ def build_demo() -> gr.Blocks:
                         setting_inputs: list[gr.components.Component] = []
                         groups = {}
                         with gr.Accordion("Method settings (paper defaults; values tuned for the twin)", open=False):
-                            for spec in METHODS.values():
+                            for spec in ui.image_methods():
                                 with gr.Group(visible=spec.name == method0) as group:
                                     for c in (c for c in controls if c.method == spec.name):
                                         if c.kind == "choice":
@@ -171,6 +172,8 @@ def build_demo() -> gr.Blocks:
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
 
             ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui/zero123.py)
+
+            ui_lm.build_tab(viewer)  # language models: RMU / gradient ascent, with or without UAM (unlearning/ui/lm.py)
 
             build_runs_tab(viewer)  # earlier runs: reopen one, compare two (unlearning/ui/runs.py)
 

@@ -211,3 +211,89 @@ def test_text_comparison_streams_and_scores(adapter):
     assert final["forget_rate"]["n"] == 6 and final["retain_accuracy"]["chance"] == 0.25
     assert 0 <= final["forget_rate"]["unlearned"] <= 1 and set(final["perplexity"]) >= {"original", "unlearned"}
     assert set(final["per_domain"]) == {"hazard", "general"}
+
+
+# ---- the shared run path, exports, the tab's handler -----------------------------------------------
+
+def test_catalog_reads_transformers_folders(tiny_lm, tmp_path):
+    from unlearning.models.catalog import concept_choices, resolve
+
+    _, path, family = resolve(str(tiny_lm))
+    assert family == "causal-lm" and path == tiny_lm.resolve()
+    assert concept_choices(str(tiny_lm)) == ["hazard", "general"]
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    with pytest.raises(InputError, match="not a causal language model"):
+        resolve(str(tmp_path))
+
+
+def test_cli_run_writes_a_run_folder_and_exports(tiny_lm, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from unlearning.cli import main
+    from unlearning.edit import Edit
+
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_lm), "--method", "rmu", "--forget", "hazard", "--out", str(out), "--questions", "4",
+                 "--prompt", "the city of", "--set", "iterations=2", "--set", "uam=true", "--set", "layer=1",
+                 "--set", "update_layers=0,1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert {"forget_rate", "retain_accuracy", "perplexity"} <= set(summary)
+    assert summary["forget_rate"]["n"] == 4 and summary["forget_rate"]["chance"] == 0.25
+    card = json.loads((out / "run.json").read_text())
+    assert card["task"]["retain"] == ["general"] and card["settings"]["uam"] is True
+    assert card["comparison"]["questions_per_domain"] == {"hazard": 4, "general": 4}
+    assert json.loads((out / "continuations.json").read_text())[0]["prompt"] == "the city of"
+    assert len(json.loads((out / "questions.json").read_text())) == 8
+    edit = Edit.load(out / "edit.safetensors")
+    assert edit.method == "rmu" and all(".mlp.down_proj." in n for n in edit.params)
+    # exports: the full transformers folder reproduces base + edit; the delta is new - base
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "model")]) == 0
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "delta.safetensors"), "--format", "delta"]) == 0
+    adapter = CausalLMAdapter(tiny_lm, torch.device("cpu"))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    ids, mask = adapter.texts(["exposure to"])
+    with torch.no_grad():
+        torch.testing.assert_close(exported(input_ids=ids, attention_mask=mask).logits, adapter.logits(ids, mask, edit.params))
+    from unlearning.export import apply_delta
+
+    patched = apply_delta(adapter.model, tmp_path / "delta.safetensors")
+    for name, value in edit.params.items():
+        torch.testing.assert_close(dict(patched.named_parameters())[name], value)
+
+
+def test_cli_bench_lm(tiny_lm, tmp_path, capsys):
+    from unlearning.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "lm", "--model", str(tiny_lm), "--seeds", "0", "--rows", "RMU,NegGrad+ + UAM", "--split", "val",
+                 "--set", "rmu.iterations=2", "--set", "gradient_ascent.iterations=2", "--relearn-steps", "2",
+                 "--set", "rmu.layer=1", "--set", "rmu.update_layers=0,1", "--set", "gradient_ascent.update_layers=1",
+                 "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| RMU |" in table and "| NegGrad+ + UAM |" in table and "forget acc after relearning" in table
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["row"] for r in rows] == ["original", "RMU", "NegGrad+ + UAM"]
+    assert rows[2]["settings"]["uam"] is True and rows[2]["settings"]["retain_weight"] == 1.0
+
+
+def test_tab_handler_streams_a_run(tiny_lm, tmp_path, monkeypatch):
+    from unlearning.hosting.profile import HostProfile, Runs
+    from unlearning.ui import lm as ui_lm
+    from unlearning.ui import unlearn as ui
+
+    profile = HostProfile(runs=Runs(dir=tmp_path / "runs"))
+    monkeypatch.setattr(ui_lm, "get_profile", lambda: profile)
+    assert "rmu" not in [v for _, v in ui.method_choices()]  # the image tab does not offer language-model methods
+    assert {v for _, v in ui_lm.method_choices()} == {"rmu", "gradient_ascent"}
+    names, forget, retain = ui_lm.domain_choices(str(tiny_lm))
+    assert (names, forget, retain) == (["hazard", "general"], "hazard", ["general"])
+    request = ui_lm.parse_request(str(tiny_lm), "gradient_ascent", "hazard", ["general"], "the city of\n", 4, 0, "cpu",
+                                  {"iterations": 2, "retain_weight": 1.0, "update_layers": "1"})
+    outs = list(ui_lm.lm_stream(request))
+    final = outs[-1]
+    assert final.status.startswith("**") and "Done" in final.status, final.status
+    assert list(final.continuations.columns) == ui_lm.CONTINUATION_COLUMNS and len(final.continuations) == 1
+    assert final.accuracy["questions"].tolist()[:2] == ["hazard", "general"] and final.download.endswith(".zip")
+    assert any(o.accuracy is not None and o.accuracy.attrs["scored"].startswith("0 /") for o in outs)  # fills in as it goes
+    path, message = ui_lm.export_delta(final.folder)
+    assert path.endswith("delta.safetensors"), message

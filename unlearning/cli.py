@@ -50,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         preserve=args.preserve.split(",") if args.preserve else None, settings=_parse_sets(args.set),
         seed=args.seed, device=args.device, forget_samples=args.forget_samples, retain_samples=args.retain_samples,
         num_inference_steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
+        prompts=args.prompt or None, questions=args.questions,
     )
     run = prepare(request)
     print(f"{run.spec.label} on {run.model_id} ({run.adapter.device}, {str(run.adapter.dtype).replace('torch.', '')}): "
@@ -63,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 last_pct = pct
         elif event.kind == "done":
             m = event.state.metrics
-            summary = {k: m.get(k) for k in ("forget_rate", "retain_accuracy", "pul", "timings")}
+            summary = {k: m.get(k) for k in ("forget_rate", "retain_accuracy", "pul", "perplexity", "timings") if k in m}
             print(json.dumps(summary, indent=2, default=str))
             print(f"run written to {event.folder}", file=sys.stderr)
     return 0
@@ -259,8 +260,8 @@ def cmd_zero123(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
-    for spec in METHODS.values():
-        print(f"{spec.name}: {spec.label}\n  {spec.summary}\n  {spec.citation}")
+    for spec in [v for s in METHODS.values() for v in (s, *s.variants.values())]:
+        print(f"{spec.name}: {spec.label} [{', '.join(spec.families)}]\n  {spec.summary}\n  {spec.citation}")
         for row in spec.describe(args.model):
             tuned = f" (tuned for {args.model}: {row['value']})" if row["tuned"] else ""
             extra = f" one of {', '.join(map(str, row['choices']))};" if row.get("choices") else ""
@@ -303,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     run.add_argument("--guidance-scale", type=float, default=None)
     run.add_argument("--sampler", default="ddim", help="ddim (default) or dpm-solver, for the comparison images")
+    run.add_argument("--prompt", action="append", default=[], help="text-to-image: an extra prompt to compare; language "
+                     "models: a prompt both models continue (repeat the flag; default: the model's demo prompts)")
+    run.add_argument("--questions", type=int, default=None, help="language models: held-out questions scored per domain "
+                     "(default: all)")
     run.set_defaults(func=cmd_run)
     relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure")
     relearn.add_argument("--run", required=True, help="run folder written by 'run --out' (run.json + edit.safetensors)")

@@ -12,6 +12,11 @@ Metrics are computed on the raw float images in [0, 1], never on what a browser 
     SSIM, PSNR        unlearned vs original on retained concepts (torchmetrics)
     LPIPS             same pairs (lpips/AlexNet) or "unavailable" with the reason
     evaluator-FID     FID on the evaluator's features, retained-concept samples vs real data
+
+A family whose results are not images from seeds adds a *view* (:class:`ComparisonView`, registered in
+``VIEWS``): how a run's comparison is planned, streamed, recorded in the run card and written to the run
+folder. The language-model family's view (``compare_lm.TextView``) compares continuations and scores
+multiple-choice questions; every other family uses the image comparison below.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from . import metrics as M
+from .compare_lm import TextView
 from .methods.base import UnlearnTask
 from .metrics.clip import clip_score, clip_status
 from .models.base import FamilyAdapter
@@ -209,3 +217,32 @@ def score(adapter: FamilyAdapter, state: ComparisonState, task: UnlearnTask, unl
     }
     out["samples"] = {"done": n_done, "total": len(plan.items)}
     return out
+
+
+# ---- family views ------------------------------------------------------------------------------------
+
+class ComparisonView(Protocol):
+    """How a family's runs are compared, for families whose results are not images from seeds.
+
+    The runner calls ``plan`` in ``prepare`` (after the concepts and settings are checked; raise InputError for
+    a request the view cannot serve), ``iterate`` after unlearning (states with a ``metrics`` dict, streamed),
+    then the run folder records ``card(plan)`` as the run card's "comparison" and lets ``write`` add its files.
+    """
+
+    name: str
+
+    def plan(self, adapter: Any, task: UnlearnTask, request: Any, limits: Any) -> Any: ...
+
+    def iterate(self, adapter: Any, edit: Any, plan: Any, task: UnlearnTask, unlearn_s: float | None) -> Iterator[Any]: ...
+
+    def card(self, plan: Any) -> dict: ...
+
+    def write(self, folder: Path, plan: Any, state: Any) -> None: ...
+
+
+VIEWS: dict[str, ComparisonView] = {"causal-lm": TextView()}  # family -> its view (others: the image comparison)
+
+
+def view_for(family: str) -> ComparisonView | None:
+    """The family's view, or None for the image comparison of this module."""
+    return VIEWS.get(family)

@@ -14,13 +14,16 @@ show continuations first and the accuracy table filling in batch by batch:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from . import metrics as M
+from .errors import InputError
 from .methods.base import UnlearnTask
 from .metrics import lm as LM
 
@@ -155,3 +158,42 @@ def score_text(adapter, state: TextComparisonState, task: UnlearnTask, unlearn_s
                       "continuations": len(state.continuations)}
     out["samples"] = {"done": n, "total": plan.total}
     return out
+
+
+class TextView:
+    """The language-model family's view for the shared run path (``compare.ComparisonView``)."""
+
+    name = "text"
+
+    def plan(self, adapter, task: UnlearnTask, request, limits) -> TextPlan:
+        given = request.prompts.splitlines() if isinstance(request.prompts, str) else request.prompts
+        prompts = None if given is None else [str(p).strip() for p in given if str(p).strip()]
+        if prompts is not None and len(prompts) > limits.max_samples:
+            raise InputError(f"{len(prompts)} prompts to continue; this instance allows {limits.max_samples}.")
+        if request.questions is not None and request.questions < 1:
+            raise InputError(f"questions per domain must be at least 1 (or empty for all); got {request.questions}.")
+        for d in [*task.forget, *task.retain]:
+            if not adapter.domain(d).questions:
+                raise InputError(f"the domain '{d}' has no questions to score.")
+        return plan_text_comparison(adapter, task, questions_per_domain=request.questions, prompts=prompts,
+                                    seed=int(request.seed))
+
+    def iterate(self, adapter, edit, plan: TextPlan, task: UnlearnTask, unlearn_s: float | None) -> Iterator[TextComparisonState]:
+        return iter_text_comparison(adapter, edit.params, plan, task, unlearn_s)
+
+    def card(self, plan: TextPlan) -> dict:
+        per_domain: dict[str, int] = {}
+        for _, domain, _ in plan.questions:
+            per_domain[domain] = per_domain.get(domain, 0) + 1
+        return {"view": self.name, "questions_per_domain": per_domain, "question_format": plan.fmt,
+                "scoring": "lm-evaluation-harness style: the option with the highest log-likelihood",
+                "prompts": plan.prompts, "max_new_tokens": plan.max_new_tokens,
+                "sampling": f"greedy, and temperature {plan.temperature} / top-p {plan.top_p} with seed {plan.seed} + prompt index "
+                "(the same random numbers for both models)",
+                "perplexity_texts": {d: plan.perplexity_texts for d in plan.perplexity_domains}}
+
+    def write(self, folder: Path, plan: TextPlan, state: TextComparisonState) -> None:
+        (folder / "continuations.json").write_text(json.dumps(state.continuations, indent=2) + "\n")
+        rows = [{"group": g, "domain": d, "index": i, "original": o, "unlearned": u}
+                for (g, d, i), o, u in zip(plan.questions, state.hits["original"], state.hits["unlearned"], strict=False)]
+        (folder / "questions.json").write_text(json.dumps(rows) + "\n")

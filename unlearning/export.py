@@ -40,8 +40,39 @@ def _check_destination(out: Path) -> None:
         raise InputError(f"'{out}' already exists and is not an empty folder; choose a new folder for the export.")
 
 
+def base_module(adapter) -> nn.Module:
+    """The module an edit's parameter names refer to: the UNet, or a language model's whole model."""
+    return adapter.model if adapter.family == "causal-lm" else adapter.unet
+
+
+def export_transformers(adapter, edit: Edit, out: str | Path) -> Path:
+    """A causal language model with the edit as a full transformers folder at ``out`` (atomic): the weights
+    (``save_pretrained``, safetensors, the base's dtype), the tokenizer, and the twin's domain files."""
+    out = Path(out)
+    _check_destination(out)
+    edit.check_compatible(adapter.model)
+    own = dict(adapter.model.named_parameters())
+    # the base's state dict with the edited tensors swapped in: neither a copy of the model nor a change to it
+    state = {**adapter.model.state_dict(), **{n: v.to(own[n].device, own[n].dtype) for n, v in edit.params.items()}}
+    with atomic_dir(out) as tmp:
+        adapter.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        adapter.tokenizer.save_pretrained(tmp)
+        source = Path(str(adapter.source))
+        if source.is_dir():
+            for extra in ("twin.json", "data"):
+                if (source / extra).exists():
+                    (shutil.copytree if (source / extra).is_dir() else shutil.copy2)(source / extra, tmp / extra)
+        (tmp / "unlearning_edit.json").write_text(json.dumps({
+            "base": edit.base, "method": edit.method, "settings": edit.settings, "changed_parameters": edit.num_changed,
+        }, indent=2, default=str) + "\n")
+    return out
+
+
 def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Path:
-    """The unlearned model as a full diffusers folder at ``out`` (atomic); returns the path."""
+    """The unlearned model as a full model folder at ``out`` (atomic; diffusers' layout, or transformers' for a
+    language model); returns the path."""
+    if adapter.family == "causal-lm":
+        return export_transformers(adapter, edit, out)
     out = Path(out)
     _check_destination(out)
     edited = edit.apply_to_copy(adapter.unet)  # the base UNet is never touched
@@ -78,11 +109,12 @@ DELTA_FORMAT = "unlearning-lab delta: new - base of changed parameters (float32)
 
 
 def export_delta(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Path:
-    """``new - base`` for every changed UNet parameter, as a safetensors file (atomic)."""
+    """``new - base`` for every changed parameter (UNet, or language model), as a safetensors file (atomic)."""
     from safetensors.torch import save_file
 
-    edit.check_compatible(adapter.unet)
-    deltas = edit.deltas(adapter.unet)
+    module = base_module(adapter)
+    edit.check_compatible(module)
+    deltas = edit.deltas(module)
     metadata = {"format": DELTA_FORMAT, "method": edit.method, "base": json.dumps(edit.base, default=str),
                 "settings": json.dumps(edit.settings, default=str)}
     with atomic_file(out) as tmp:
@@ -207,7 +239,9 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
     request, method, model = card.get("request", {}), card.get("method", {}), card.get("model", {})
     base = model.get("source") or request.get("model", "")
     hub_base = isinstance(base, str) and base.count("/") == 1 and not Path(base).exists()
-    front = ["---", "library_name: diffusers", "tags:", "- machine-unlearning", "- unlearning-lab"]
+    language_model = model.get("family") == "causal-lm"
+    front = ["---", f"library_name: {'transformers' if language_model else 'diffusers'}", "tags:", "- machine-unlearning",
+             "- unlearning-lab"]
     if hub_base:
         front.append(f"base_model: {base}")
     front.append("---")
@@ -215,7 +249,8 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
              f"Made with **{method.get('label', method.get('name', ''))}** ({method.get('citation', '')}) "
              "with unlearning-lab. Base model: `" + str(base) + "`.", "",
              "## Files", "",
-             "- `model/`: the full diffusers folder of the unlearned model (`from_pretrained`).",
+             f"- `model/`: the full {'transformers' if language_model else 'diffusers'} folder of the unlearned model "
+             "(`from_pretrained`).",
              "- `delta.safetensors`: new - base of the changed parameters.",
              "- `run.json`: every setting, seed and library version of the run."]
     if lora is not None:
@@ -223,8 +258,10 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
     metrics = card.get("metrics") or {}
     fr = metrics.get("forget_rate", {})
     if "original" in fr:
-        lines += ["", "## Measured", "", f"Forget rate {fr['original']:.2f} -> {fr['unlearned']:.2f} "
-                  f"(n = {fr.get('n', '?')}, the run's evaluator)."]
+        what, how = (("forget-domain multiple-choice accuracy", fr.get("reference", "")) if language_model
+                     else ("forget rate", "the run's evaluator"))
+        lines += ["", "## Measured", "", f"{what.capitalize()} {fr['original']:.2f} -> {fr['unlearned']:.2f} "
+                  f"(n = {fr.get('n', '?')}, {how})."]
     lines += ["", "## Reproduce", "", "    " + str(card.get("reproduce", "")), ""]
     return write_text_atomic(out, "\n".join(lines))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .compare import ComparisonPlan, ComparisonState, iter_comparison, plan_comparison
+from .compare import ComparisonPlan, ComparisonState, ComparisonView, iter_comparison, plan_comparison, view_for
 from .edit import Edit
 from .errors import InputError, UnlearningError
 from .hosting.profile import HostProfile, get_profile
@@ -47,7 +47,9 @@ class RunRequest:
     num_inference_steps: int | None = None  # sampling steps (None: the model's default)
     guidance_scale: float | None = None
     sampler: str = "ddim"  # "ddim" or "dpm-solver" (diffusers' DDIMScheduler / DPMSolverMultistepScheduler)
-    prompts: list[str] | None = None  # extra prompts of the user's, compared side by side (not scored)
+    prompts: list[str] | None = None  # extra prompts of the user's, compared side by side (not scored); language
+    # models: the prompts both models continue (None: the model's demo prompts)
+    questions: int | None = None  # language models: held-out questions scored per domain (None: all)
 
 
 @dataclass
@@ -58,7 +60,8 @@ class PreparedRun:
     spec: MethodSpec
     settings: Any
     task: UnlearnTask
-    plan: ComparisonPlan
+    plan: ComparisonPlan | Any  # the view's plan for a family with a view
+    view: ComparisonView | None = None  # the family's comparison view (None: images from seeds, compare.py)
 
 
 @dataclass
@@ -67,7 +70,7 @@ class RunEvent:
     step: StepReport | None = None
     loss_log: list[dict] = field(default_factory=list)
     edit: Edit | None = None
-    state: ComparisonState | None = None
+    state: ComparisonState | Any = None  # the view's state for a family with a view
     folder: Path | None = None
 
 
@@ -110,8 +113,8 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     if profile.methods and spec.name not in profile.methods:
         raise InputError(f"method '{spec.name}' is not allowed here; allowed: {', '.join(profile.methods)}.")
     adapter = load_adapter(request.model, request.device)
-    if adapter.family not in spec.families:
-        raise InputError(f"{spec.label} does not support {adapter.family} models yet.")
+    spec = spec.for_family(adapter.family)  # the method as written for this family (InputError if it has none)
+    view = view_for(adapter.family)
 
     forget, anchors = parse_forget(adapter, _concepts(request.forget))
     if len(set(forget)) != len(forget):
@@ -141,6 +144,9 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     iterations = getattr(settings, "iterations", None)
     if iterations is not None and iterations > limits.max_iterations:
         raise InputError(f"iterations = {iterations} is more than this instance allows ({limits.max_iterations}).")
+    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed), anchors=anchors)
+    if view is not None:
+        return PreparedRun(request, model_id, adapter, spec, settings, task, view.plan(adapter, task, request, limits), view)
     steps = request.num_inference_steps
     if steps is not None and not 1 <= steps <= limits.max_inference_steps:
         raise InputError(f"sampling steps must be between 1 and {limits.max_inference_steps}; got {steps}.")
@@ -154,7 +160,6 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
         raise InputError(f"unknown sampler '{request.sampler}'; choose one of {', '.join(SAMPLERS)}.")
     if request.forget_samples < 1 or request.retain_samples < 1:
         raise InputError("the number of comparison samples must be at least 1.")
-    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed), anchors=anchors)
     plan = plan_comparison(adapter, task, forget_samples=request.forget_samples, retain_samples=request.retain_samples,
                            seed=int(request.seed), num_inference_steps=steps, guidance_scale=request.guidance_scale,
                            sampler=request.sampler, prompts=prompts)
@@ -199,9 +204,13 @@ def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Eve
             raise result["error"]
         edit: Edit = result["edit"]
         yield RunEvent("edit", edit=edit, loss_log=loss_log)
-        edited = edit.apply_to_copy(run.adapter.unet)
+        unlearn_s = edit.timings.get("unlearn_s")
+        if run.view is not None:
+            states = run.view.iterate(run.adapter, edit, run.plan, run.task, unlearn_s)
+        else:
+            states = iter_comparison(run.adapter, edit.apply_to_copy(run.adapter.unet), run.plan, run.task, unlearn_s)
         state = None
-        for state in iter_comparison(run.adapter, edited, run.plan, run.task, edit.timings.get("unlearn_s")):
+        for state in states:
             if cancel.is_set():
                 raise UnlearningError("the run was cancelled.")
             yield RunEvent("compare", state=state, edit=edit, loss_log=loss_log)

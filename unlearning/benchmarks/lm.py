@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..methods import get_method
 from ..methods.base import RunContext, UnlearnTask, optimise_params
 from ..methods.lm_base import TextPool
+from ..metrics.lm import FORMATS
 from ..metrics.stats import mean_interval
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,13 @@ class LMBenchConfig:
 
 
 def evaluate(adapter, params, forget: list[str], retain: list[str], split: str, n_texts: int) -> dict:
-    """Forget- and retain-domain accuracy (held-out questions, the twin's question format) and retain perplexity."""
+    """Forget- and retain-domain accuracy on held-out questions (``forget`` / ``retain``: in the model's question
+    format, what a run's metrics.json reports; ``forget_<other>`` / ``retain_<other>``: in the other format), and
+    retain perplexity."""
     fmt = getattr(adapter, "twin", {}).get("question_format", "letter")
+    other = next(f for f in FORMATS if f != fmt)
 
-    def acc(domains: list[str]) -> float:
+    def acc(domains: list[str], fmt: str) -> float:
         hits, n = 0.0, 0
         for name in domains:
             d = adapter.domain(name)
@@ -70,7 +74,9 @@ def evaluate(adapter, params, forget: list[str], retain: list[str], split: str, 
         return hits / n
 
     texts = [t for name in retain for t in adapter.domain(name).corpus[:n_texts]]
-    return {"forget": acc(forget), "retain": acc(retain), "perplexity": adapter.perplexity(texts, params) if texts else None}
+    return {"forget": acc(forget, fmt), "retain": acc(retain, fmt), f"forget_{other}": acc(forget, other),
+            f"retain_{other}": acc(retain, other), "perplexity": adapter.perplexity(texts, params) if texts else None,
+            "format": fmt}
 
 
 def relearn(adapter, params: dict[str, torch.Tensor] | None, forget: list[str], steps: int, lr: float, seed: int) -> dict[str, torch.Tensor]:
@@ -132,13 +138,15 @@ def _cell(values: list[float], digits: int = 3) -> str:
 
 def format_table(rows: list[dict], cfg: LMBenchConfig) -> str:
     relearned = cfg.relearn_steps > 0
-    head = "| row | forget acc (↓, chance 0.25) | retain acc (↑) | retain perplexity (↓) |" + \
-           (" forget acc after relearning |" if relearned else "") + " seconds |"
+    fmt = rows[0]["format"]
+    other = next(f for f in FORMATS if f != fmt)
+    head = (f"| row | forget acc, {fmt} (↓, chance 0.25) | retain acc, {fmt} (↑) | retain perplexity (↓) | forget acc, {other} | "
+            f"retain acc, {other} |" + (" forget acc after relearning |" if relearned else "") + " seconds |")
     lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     order = list(dict.fromkeys(r["row"] for r in rows))
     for label in order:
         mine = [r for r in rows if r["row"] == label]
-        cells = [_cell([r[k] for r in mine], 2 if k == "perplexity" else 3) for k in METRICS]
+        cells = [_cell([r[k] for r in mine], 2 if k == "perplexity" else 3) for k in (*METRICS, f"forget_{other}", f"retain_{other}")]
         if relearned:
             cells.append(_cell([r["forget_relearned"] for r in mine]))
         cells.append(f"{sum(r['seconds'] for r in mine) / len(mine):.1f}")

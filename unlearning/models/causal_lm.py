@@ -193,7 +193,7 @@ class TextModel:
         new: list[int] = []
         eos = self.tokenizer.eos_token_id
         for _ in range(max_new_tokens):
-            ids, mask = self.batch([tokens + new])
+            ids, mask = self.batch([(tokens + new)[-self.max_length :]])  # the most recent tokens, if the text outgrows the model
             logits = self.logits(ids, mask, params)[0, -1]
             u = float(torch.rand((), generator=g))
             if temperature <= 0:

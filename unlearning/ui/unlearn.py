@@ -42,6 +42,8 @@ row), so any difference is the edit and nothing else. A separate classifier (the
 how often the forgotten concept still appears and whether the others are still drawn correctly.
 """
 
+TEXT_FAMILIES = {"causal-lm"}  # families with their own tab (ui/lm.py): not offered here
+
 LOSS_EMPTY = pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series([], dtype=float), "series": pd.Series([], dtype=str)})
 
 
@@ -51,8 +53,8 @@ def model_choices() -> list[tuple[str, str]]:
     """Embedded twins, then real checkpoints with their availability: the profile's hub ids, or (where the
     profile allows any model) the known ones."""
     allowed = get_profile().models
-    out = [(e.label, e.id) for e in CATALOG.values() if not allowed or e.id in allowed]
-    hub = [m for m in allowed if m not in CATALOG] if allowed else list(HUB_MODELS)
+    out = [(e.label, e.id) for e in CATALOG.values() if (not allowed or e.id in allowed) and e.family not in TEXT_FAMILIES]
+    hub = [m for m in allowed if m not in CATALOG] if allowed else [m for m, f in HUB_MODELS.items() if f not in TEXT_FAMILIES]
     for repo in hub:
         ok, _ = hub_availability(repo)
         out.append((f"{repo} ({'GPU recommended' if ok else 'not available offline'})", repo))
@@ -61,7 +63,12 @@ def model_choices() -> list[tuple[str, str]]:
 
 def method_choices() -> list[tuple[str, str]]:
     allowed = get_profile().methods
-    return [(s.label, s.name) for s in METHODS.values() if allowed is None or s.name in allowed]
+    return [(s.label, s.name) for s in image_methods() if allowed is None or s.name in allowed]
+
+
+def image_methods() -> list:
+    """The registered methods this tab offers: those written for an image family."""
+    return [s for s in METHODS.values() if set(s.families) - TEXT_FAMILIES]
 
 
 def model_markdown(model: str) -> str:
@@ -85,21 +92,22 @@ class SettingControl:
 
     method: str
     name: str
-    kind: str  # "number" | "int" | "choice" | "bool"
+    kind: str  # "number" | "int" | "choice" | "bool" | "text"
     value: Any
     label: str
     info: str
     choices: tuple | None = None
 
 
-def setting_controls(model_id: str) -> list[SettingControl]:
-    """Controls for every method's settings, built from the settings dataclasses."""
+def setting_controls(model_id: str, specs: list | None = None) -> list[SettingControl]:
+    """Controls for every method's settings (``specs``: these methods; default: this tab's), built from the
+    settings dataclasses."""
     out = []
-    for spec in METHODS.values():
+    for spec in image_methods() if specs is None else specs:
         fields = {f.name: f for f in settings_fields(spec.settings_cls)}
         for row in spec.describe(model_id):
             f = fields[row["name"]]
-            kind = "choice" if row.get("choices") else {"bool": "bool", "int": "int"}.get(row["type"], "number")
+            kind = "choice" if row.get("choices") else {"bool": "bool", "int": "int", "str": "text"}.get(row["type"], "number")
             paper = f"paper: {row['paper']}" + (f"; tuned for {model_id}" if row["tuned"] else "")
             out.append(SettingControl(spec.name, f.name, kind, row["value"], f.metadata.get("label") or f.name,
                                       f"{row['help']} ({paper})", row.get("choices")))
@@ -127,7 +135,7 @@ def loss_frame(loss_log: list[dict]) -> pd.DataFrame:
     if len(loss_log) <= 1:  # a closed-form edit has no curve: its residuals are in the status line
         return LOSS_EMPTY
     rows = [{"step": e["step"], "loss": e["loss"], "series": "loss"} for e in loss_log]
-    for key in ("forget_loss", "retain_loss", "remap_loss", "relabel_loss", "stability"):
+    for key in ("forget_loss", "retain_loss", "remap_loss", "relabel_loss", "stability", "forget_nll", "retain_nll"):
         rows += [{"step": e["step"], "loss": e[key], "series": key.replace("_", " ")} for e in loss_log if key in e]
     return pd.DataFrame(rows) if rows else LOSS_EMPTY
 
@@ -260,7 +268,8 @@ def export_model(run_folder: str | None) -> tuple[str | None, str]:
     except UnlearningError as exc:
         return None, f"**Could not export:** {exc}"
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    loader = "StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists() else "this app (as a local folder)"
+    loader = ("StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists() else
+              "AutoModelForCausalLM.from_pretrained" if (out / "tokenizer_config.json").exists() else "this app (as a local folder)")
     if size > 200e6:
         return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}."
     archive = zip_dir(out, out.with_suffix(".zip"))
