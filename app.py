@@ -92,15 +92,7 @@ def build_demo() -> gr.Blocks:
                         with gr.Accordion("Method settings (paper defaults; values tuned for the twin)", open=False):
                             for spec in ui.image_methods():
                                 with gr.Group(visible=spec.name == method0) as group:
-                                    for c in (c for c in controls if c.method == spec.name):
-                                        if c.kind == "choice":
-                                            comp = gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info)
-                                        elif c.kind == "bool":
-                                            comp = gr.Checkbox(value=c.value, label=c.label, info=c.info)
-                                        else:
-                                            comp = gr.Number(value=c.value, label=c.label, info=c.info,
-                                                             precision=0 if c.kind == "int" else None)
-                                        setting_inputs.append(comp)
+                                    setting_inputs += [ui.setting_component(c) for c in controls if c.method == spec.name]
                                 groups[spec.name] = group
                         with gr.Accordion("Comparison and device", open=False):
                             seed = gr.Number(0, label="seed", precision=0, info="first seed; the same seeds feed both models")

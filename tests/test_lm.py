@@ -259,6 +259,20 @@ def test_cli_run_writes_a_run_folder_and_exports(tiny_lm, tmp_path, capsys):
     patched = apply_delta(adapter.model, tmp_path / "delta.safetensors")
     for name, value in edit.params.items():
         torch.testing.assert_close(dict(patched.named_parameters())[name], value)
+    # the relearning attack on the run: forget-domain text, every weight; the base stays untouched
+    from unlearning.models.catalog import load_adapter
+
+    cached = load_adapter(str(tiny_lm), "auto").model  # the model the CLI's run loads (cached per source)
+    before = {n: p.clone() for n, p in cached.named_parameters()}
+    assert main(["relearn", "--run", str(out), "--set", "steps=2", "--set", "data_size=4", "--set", "batch_size=2"]) == 0
+    report = json.loads((out / "relearn.json").read_text())["report"]
+    assert [r["model"] for r in report["rows"]] == ["original", "after unlearning", "after fine-tune",
+                                                     "original after the same fine-tune"]
+    assert report["rows"][1]["forget_rate"] == summary["forget_rate"]["unlearned"]  # the run's own number, same questions
+    assert len(report["loss_log"]) == 2 and "4 forget-domain documents" in report["attack"]
+    assert all(torch.equal(p, before[n]) for n, p in cached.named_parameters())
+    with pytest.raises(InputError, match="data"):
+        main(["relearn", "--run", str(out), "--set", "data=everything"])
 
 
 def test_cli_bench_lm(tiny_lm, tmp_path, capsys):

@@ -87,7 +87,9 @@ def cmd_relearn(args: argparse.Namespace) -> int:
     request = read_request(folder)
     if args.device:
         request.device = args.device
-    model_id, _, _ = resolve(request.model)
+    model_id, _, family = resolve(request.model)
+    if family == "causal-lm":
+        return cmd_relearn_text(args, folder, request)
     settings = relearn_settings(model_id, _parse_sets(args.set))  # unknown settings fail before any work
     max_steps = get_profile().limits.max_iterations
     if settings.steps > max_steps:
@@ -110,6 +112,36 @@ def cmd_relearn(args: argparse.Namespace) -> int:
            "timings": result.timings}
     write_text_atomic(folder / "relearn.json", json.dumps(out, indent=2, default=str) + "\n")
     print(format_table(report))
+    print(f"written to {folder / 'relearn.json'}", file=sys.stderr)
+    return 0
+
+
+def cmd_relearn_text(args: argparse.Namespace, folder: Path, request) -> int:
+    """A language-model run folder: the relearning attack on forget-domain text (``attacks/relearn_lm.py``)."""
+    import dataclasses
+
+    from .atomic import write_text_atomic
+    from .attacks.relearn_lm import text_relearn_report, text_relearn_settings
+    from .edit import Edit
+    from .errors import InputError
+    from .hosting.profile import get_profile
+    from .runner import prepare
+
+    settings = text_relearn_settings(_parse_sets(args.set))  # unknown settings fail before any work
+    if settings.steps > get_profile().limits.max_iterations:
+        raise InputError(f"steps = {settings.steps} is more than this instance allows ({get_profile().limits.max_iterations}).")
+    run = prepare(request)
+    edit = Edit.load(folder / "edit.safetensors")
+    print(f"relearning attack ({settings.data}-domain text) on {run.model_id}: {edit.method or run.spec.name} edit forgetting "
+          f"{', '.join(run.task.forget)}", file=sys.stderr)
+    report = text_relearn_report(run.adapter, run.task, edit.params, settings, request.questions)
+    out = {"run": str(folder), "method": run.spec.name, "forget": run.task.forget, "retain": run.task.retain,
+           "settings": dataclasses.asdict(settings), "report": report}
+    write_text_atomic(folder / "relearn.json", json.dumps(out, indent=2, default=str) + "\n")
+    print(f"{'':36} {'forget acc':>10} {'retain acc':>10}   ({report['question_format']} format; {report['attack']})")
+    for r in report["rows"]:
+        print(f"{r['model']:36} {r['forget_rate']:10.3f} {r['retain_accuracy']:10.3f}")
+    print(f"relearn gap (after fine-tune - after unlearning): {100 * report['relearn_gap']:+.1f} points")
     print(f"written to {folder / 'relearn.json'}", file=sys.stderr)
     return 0
 
@@ -309,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--questions", type=int, default=None, help="language models: held-out questions scored per domain "
                      "(default: all)")
     run.set_defaults(func=cmd_run)
-    relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure")
+    relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure "
+                             "(language models: on forget-domain text, the relearning attack)")
     relearn.add_argument("--run", required=True, help="run folder written by 'run --out' (run.json + edit.safetensors)")
     relearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a relearning setting")
     relearn.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")

@@ -18,12 +18,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
+from ..attacks.relearn_lm import relearn_text, text_relearn_settings
 from ..errors import InputError
 from ..methods import get_method
-from ..methods.base import RunContext, UnlearnTask, optimise_params
-from ..methods.lm_base import TextPool
+from ..methods.base import RunContext, UnlearnTask
 from ..metrics.lm import FORMATS
 from ..metrics.stats import mean_interval
 
@@ -79,23 +77,6 @@ def evaluate(adapter, params, forget: list[str], retain: list[str], split: str, 
             "format": fmt}
 
 
-def relearn(adapter, params: dict[str, torch.Tensor] | None, forget: list[str], steps: int, lr: float, seed: int) -> dict[str, torch.Tensor]:
-    """The relearning attack: every weight of (base + edit) fine-tuned on forget-domain text; returns the new weights."""
-    start = {n: p for n, p in adapter.model.named_parameters()}
-    weights = {n: (params[n] if params and n in params else p.detach()).to(adapter.device, torch.float32).clone().requires_grad_(True)
-               for n, p in start.items()}
-    pool = TextPool(adapter, forget, "forget")
-    g = torch.Generator().manual_seed(10_000 + seed)
-
-    def loss_fn(step: int) -> torch.Tensor:
-        ids, mask = adapter.texts(pool.batch(8, g))
-        return adapter.mean_nll(ids, mask, weights)
-
-    optimise_params(list(weights.values()), loss_fn, iterations=steps, lr=lr, ctx=RunContext(), method="relearning",
-                    optimizer="adamw")
-    return {n: w.detach() for n, w in weights.items()}
-
-
 def run_bench(cfg: LMBenchConfig) -> Iterator[dict]:
     """Yields the original's row, then one row per (method row, seed)."""
     from ..models.catalog import load_adapter, resolve
@@ -110,9 +91,14 @@ def run_bench(cfg: LMBenchConfig) -> Iterator[dict]:
     if unknown := [r for r in cfg.rows if r not in labels]:
         raise InputError(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(labels)}.")
     base = evaluate(adapter, None, forget, retain, cfg.split, cfg.perplexity_texts)
-    if cfg.relearn_steps:
-        base["forget_relearned"] = evaluate(adapter, relearn(adapter, None, forget, cfg.relearn_steps, cfg.relearn_lr, 0),
-                                            forget, retain, cfg.split, cfg.perplexity_texts)["forget"]
+    attack = text_relearn_settings({"steps": cfg.relearn_steps, "lr": cfg.relearn_lr}) if cfg.relearn_steps else None
+
+    def relearned(params, seed: int) -> float:  # forget accuracy after the relearning attack
+        weights, _, _ = relearn_text(adapter, params, UnlearnTask(forget=forget, retain=retain, seed=seed), attack)
+        return evaluate(adapter, weights, forget, retain, cfg.split, cfg.perplexity_texts)["forget"]
+
+    if attack:
+        base["forget_relearned"] = relearned(None, 0)
     yield {"row": "original", "seed": None, **base, "seconds": 0.0}
     for label in cfg.rows:
         _, method, overrides = labels[label]
@@ -125,9 +111,8 @@ def run_bench(cfg: LMBenchConfig) -> Iterator[dict]:
             seconds = time.perf_counter() - t0
             row = {"row": label, "seed": seed, **evaluate(adapter, edit.params, forget, retain, cfg.split, cfg.perplexity_texts),
                    "seconds": seconds, "settings": asdict(settings)}
-            if cfg.relearn_steps:
-                attacked = relearn(adapter, edit.params, forget, cfg.relearn_steps, cfg.relearn_lr, seed)
-                row["forget_relearned"] = evaluate(adapter, attacked, forget, retain, cfg.split, cfg.perplexity_texts)["forget"]
+            if attack:
+                row["forget_relearned"] = relearned(edit.params, seed)
             yield row
 
 
@@ -154,8 +139,10 @@ def format_table(rows: list[dict], cfg: LMBenchConfig) -> str:
     lines += ["", f"{cfg.model}: forget {', '.join(cfg.forget)}; {cfg.split} questions; seeds {', '.join(map(str, cfg.seeds))} "
               "(mean, and a 95 % t-interval over seeds when there are 3 or more); the same seeds for every row."]
     if relearned:
-        lines.append(f"Relearning attack: {cfg.relearn_steps} AdamW steps (lr {cfg.relearn_lr:g}, batch 8) on forget-domain text, "
-                     "every weight.")
+        attack = text_relearn_settings({"steps": cfg.relearn_steps, "lr": cfg.relearn_lr})
+        lines.append(f"Relearning attack (attacks/relearn_lm.py): {attack.steps} AdamW steps (lr {attack.lr:g}, batch "
+                     f"{attack.batch_size}) on {attack.data_size} forget-domain documents, every weight; the original row: the "
+                     "original model fine-tuned the same way.")
     return "\n".join(lines)
 
 

@@ -28,6 +28,13 @@ class TextPool:
             raise InputError(f"the {what} domain ({', '.join(domains)}) has no text to train on: give its corpus file "
                              "(see the Language model tab's data note), or pick another domain.")
 
+    @classmethod
+    def of(cls, texts: Sequence[str]) -> TextPool:
+        """A pool of the given texts."""
+        pool = cls.__new__(cls)
+        pool.texts = list(texts)
+        return pool
+
     def batch(self, size: int, g: torch.Generator) -> list[str]:
         return [self.texts[int(i)] for i in torch.randint(len(self.texts), (size,), generator=g)]
 

@@ -25,10 +25,10 @@ from ..hosting.profile import get_profile
 from ..hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from ..methods import METHODS
 from ..models.catalog import CATALOG, HUB_MODELS, concept_choices, hub_availability, read_twin, resolve
-from ..run_folder import hold, new_run_folder, prune_runs, zip_run
+from ..run_folder import new_run_folder, prune_runs, zip_run
 from ..runner import RunRequest, execute, prepare
 from .runs import viewer_of
-from .unlearn import LOSS_EMPTY, UPDATE_EVERY_S, loss_frame, setting_controls
+from .unlearn import LOSS_EMPTY, UPDATE_EVERY_S, export_from_run, loss_frame, setting_component, setting_controls
 
 FAMILY = "causal-lm"
 CONTINUATION_COLUMNS = ["prompt", "original (greedy)", "unlearned (greedy)", "original (sampled)", "unlearned (sampled)"]
@@ -210,19 +210,10 @@ lm_stream_gpu = on_gpu(request_duration)(lm_stream)
 def export_delta(run_folder: str | None) -> tuple[str | None, str]:
     """The last run's edit as ``new - base`` safetensors (``export.export_delta``), inside its run folder."""
     from ..export import export_delta as write_delta
-    from ..runner import load_run
 
-    if not run_folder:
-        return None, "Run an unlearning first; the export is made from the finished run."
-    folder = Path(run_folder)
-    hold(folder)
-    out = folder / "delta.safetensors"
-    try:
-        if not out.exists():
-            run, edit = load_run(folder)
-            write_delta(run.adapter, edit, out)
-    except UnlearningError as exc:
-        return None, f"**Could not export:** {exc}"
+    out, problem = export_from_run(run_folder, "delta.safetensors", write_delta)
+    if out is None:
+        return None, problem
     return str(out), f"Written to `{out}`: new - base of the changed tensors (apply with `unlearning.export.apply_delta`)."
 
 
@@ -264,16 +255,7 @@ def build_tab(viewer=None) -> None:
         with gr.Accordion("Method settings (paper defaults; values tuned for the twin)", open=False):
             for spec in specs:
                 with gr.Group(visible=spec.name == method0) as group:
-                    for c in (c for c in controls if c.method == spec.name):
-                        if c.kind == "choice":
-                            comp = gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info)
-                        elif c.kind == "bool":
-                            comp = gr.Checkbox(value=c.value, label=c.label, info=c.info)
-                        elif c.kind in ("int", "number"):
-                            comp = gr.Number(value=c.value, label=c.label, info=c.info, precision=0 if c.kind == "int" else None)
-                        else:
-                            comp = gr.Textbox(str(c.value), label=c.label, info=c.info)
-                        setting_inputs.append(comp)
+                    setting_inputs += [setting_component(c) for c in controls if c.method == spec.name]
                 groups[spec.name] = group
         status = gr.Markdown()
         continuations = gr.Dataframe(headers=CONTINUATION_COLUMNS, wrap=True, label="the same prompts through both models")

@@ -114,6 +114,19 @@ def setting_controls(model_id: str, specs: list | None = None) -> list[SettingCo
     return out
 
 
+def setting_component(c: SettingControl):
+    """The Gradio input for one setting control (call inside a Blocks layout)."""
+    import gradio as gr
+
+    if c.kind == "choice":
+        return gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info)
+    if c.kind == "bool":
+        return gr.Checkbox(value=c.value, label=c.label, info=c.info)
+    if c.kind == "text":
+        return gr.Textbox(str(c.value), label=c.label, info=c.info)
+    return gr.Number(value=c.value, label=c.label, info=c.info, precision=0 if c.kind == "int" else None)
+
+
 # ---- the run ------------------------------------------------------------------------------------
 
 @dataclass
@@ -250,23 +263,32 @@ def settings_from_controls(method: str, controls: list[SettingControl], values: 
 
 
 
-def export_model(run_folder: str | None) -> tuple[str | None, str]:
-    """Write the last run's unlearned model as a full diffusers folder inside its run folder; return
-    (a zip of it for small models, a status line)."""
-    from ..export import export_diffusers
+def export_from_run(run_folder: str | None, name: str, write) -> tuple[Path | None, str]:
+    """``write(adapter, edit, run_folder / name)`` unless that export exists; (its path, "") or (None, why not)."""
     from ..runner import load_run
 
     if not run_folder:
         return None, "Run an unlearning first; the export is made from the finished run."
     folder = Path(run_folder)
     hold(folder)  # being exported and downloaded: retention keeps it
-    out = folder / "model"
+    out = folder / name
     try:
         if not out.exists():
             run, edit = load_run(folder)
-            export_diffusers(run.adapter, edit, out)
+            write(run.adapter, edit, out)
     except UnlearningError as exc:
         return None, f"**Could not export:** {exc}"
+    return out, ""
+
+
+def export_model(run_folder: str | None) -> tuple[str | None, str]:
+    """Write the last run's unlearned model as a full diffusers folder inside its run folder; return
+    (a zip of it for small models, a status line)."""
+    from ..export import export_diffusers
+
+    out, problem = export_from_run(run_folder, "model", export_diffusers)
+    if out is None:
+        return None, problem
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     loader = ("StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists() else
               "AutoModelForCausalLM.from_pretrained" if (out / "tokenizer_config.json").exists() else "this app (as a local folder)")
