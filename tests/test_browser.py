@@ -309,3 +309,32 @@ def test_zero123_tab_generated_controls_cancel_and_multi_view_grid(page, artifac
     pick(page, "override object (drawn instead)", "blue pyramid")
     tab.get_by_role("button", name="Run", exact=True).click()
     expect(tab.get_by_text("is also being forgotten", exact=False).first).to_be_visible()
+
+def test_language_model_tab_runs_rmu_and_refuses_a_bad_layer(page, artifacts_dir):
+    """facts-lm, RMU with the twin's tuned settings, 8 questions per domain: the continuations and the accuracy table
+    fill in and the run finishes; then a layer the model does not have shows a message instead of crashing."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Language model").click()
+    tab = page.get_by_role("tabpanel").filter(has=page.get_by_role("button", name="Unlearn the domain"))
+    set_number(tab, "questions per domain (empty: all held-out)", 8)
+    tab.get_by_role("button", name="Unlearn the domain").click()
+    expect(tab.get_by_text("Done.", exact=False)).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(tab.get_by_text("forgetting hazard, keeping general", exact=False).first).to_be_visible()
+    expect(tab.get_by_role("gridcell").filter(has_text="forget-domain accuracy").first).to_be_visible()
+    expect(tab.get_by_role("gridcell").filter(has_text="stailide is made from").first).to_be_visible()  # a demo prompt
+    expect(tab.get_by_text("Timings", exact=False).first).to_be_visible()
+    expect(error_toasts(page)).to_have_count(0)
+    page.wait_for_timeout(800)  # let the loss plot draw
+    shot = artifacts_dir / "language_model_tab.png"
+    shot.unlink(missing_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.is_file() and shot.stat().st_size > 50_000
+
+    tab.get_by_text("Method settings (paper defaults", exact=False).click()
+    layer = tab.get_by_label("layer", exact=True)
+    layer.fill("99")
+    layer.press("Tab")
+    tab.get_by_role("button", name="Unlearn the domain").click()
+    expect(tab.get_by_text("layer 99 does not exist", exact=False).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(tab.get_by_text("Could not run", exact=False).first).to_be_visible()

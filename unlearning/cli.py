@@ -57,9 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, forget_samples=args.forget_samples, retain_samples=args.retain_samples,
         num_inference_steps=args.steps, guidance_scale=args.guidance_scale, sampler=args.sampler,
         input_polar=args.input_polar, sampling_skips=_ints(args.sampling_skips, "--sampling-skips") or None,
+        prompts=args.prompt or None, questions=args.questions,
     )
     metrics = _run_and_report(request, Path(args.out))
-    summary = {k: metrics.get(k) for k in ("forget_rate", "retain_accuracy", "pul", "override_rate", "timings") if k in metrics}
+    summary = {k: metrics.get(k) for k in ("forget_rate", "retain_accuracy", "pul", "override_rate", "perplexity", "timings")
+               if k in metrics}
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -89,7 +91,16 @@ def cmd_relearn(args: argparse.Namespace) -> int:
     """The relearning test on a finished run folder (unlearning.runner.relearn_run): fine-tune, then three forget rates."""
     from .attacks.relearn import format_table
     from .methods.base import RunContext
-    from .runner import relearn_run
+    from .models.catalog import resolve
+    from .runner import read_request, relearn_run
+
+    folder = Path(args.run)
+    request = read_request(folder)
+    if args.device:
+        request.device = args.device
+    _, _, family = resolve(request.model)
+    if family == "causal-lm":  # the relearning attack on forget-domain text
+        return cmd_relearn_text(args, folder, request)
 
     def on_step(report) -> None:
         if report.step == report.total or report.step % max(1, report.total // 10) == 0:
@@ -125,6 +136,36 @@ def cmd_attack(args: argparse.Namespace) -> int:
     print(f"written to {folder}", file=sys.stderr)
     return 0
 
+
+
+def cmd_relearn_text(args: argparse.Namespace, folder: Path, request) -> int:
+    """A language-model run folder: the relearning attack on forget-domain text (``attacks/relearn_lm.py``)."""
+    import dataclasses
+
+    from .atomic import write_text_atomic
+    from .attacks.relearn_lm import text_relearn_report, text_relearn_settings
+    from .edit import Edit
+    from .errors import InputError
+    from .hosting.profile import get_profile
+    from .runner import prepare
+
+    settings = text_relearn_settings(_parse_sets(args.set))  # unknown settings fail before any work
+    if settings.steps > get_profile().limits.max_iterations:
+        raise InputError(f"steps = {settings.steps} is more than this instance allows ({get_profile().limits.max_iterations}).")
+    run = prepare(request)
+    edit = Edit.load(folder / "edit.safetensors")
+    print(f"relearning attack ({settings.data}-domain text) on {run.model_id}: {edit.method or run.spec.name} edit forgetting "
+          f"{', '.join(run.task.forget)}", file=sys.stderr)
+    report = text_relearn_report(run.adapter, run.task, edit.params, settings, request.questions)
+    out = {"run": str(folder), "method": run.spec.name, "forget": run.task.forget, "retain": run.task.retain,
+           "settings": dataclasses.asdict(settings), "report": report}
+    write_text_atomic(folder / "relearn.json", json.dumps(out, indent=2, default=str) + "\n")
+    print(f"{'':36} {'forget acc':>10} {'retain acc':>10}   ({report['question_format']} format; {report['attack']})")
+    for r in report["rows"]:
+        print(f"{r['model']:36} {r['forget_rate']:10.3f} {r['retain_accuracy']:10.3f}")
+    print(f"relearn gap (after fine-tune - after unlearning): {100 * report['relearn_gap']:+.1f} points")
+    print(f"written to {folder / 'relearn.json'}", file=sys.stderr)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -172,6 +213,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_speed(args)
     if args.which == "robustness":
         return cmd_bench_robustness(args)
+    if args.which == "lm":
+        from .benchmarks.lm import cmd_bench_lm
+
+        args.forget = args.forget or "hazard"
+        return cmd_bench_lm(args)
     from .benchmarks.scaling import DEFAULT_METHODS, RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     counts = tuple(_ints(args.counts, "--counts"))
@@ -394,8 +440,8 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     from .methods import METHODS
 
-    for spec in METHODS.values():
-        print(f"{spec.name}: {spec.label}\n  {spec.summary}\n  {spec.citation}")
+    for spec in [v for s in METHODS.values() for v in (s, *s.variants.values())]:
+        print(f"{spec.name}: {spec.label} [{', '.join(spec.families)}]\n  {spec.summary}\n  {spec.citation}")
         for row in spec.describe(args.model):
             tuned = f" (tuned for {args.model}: {row['value']})" if row["tuned"] else ""
             extra = f" one of {', '.join(map(str, row['choices']))};" if row.get("choices") else ""
@@ -446,8 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="novel-view models: polar angle of the input views in degrees (90 = level; default 75)")
     run.add_argument("--sampling-skips", default="", metavar="0,8,12,16",
                      help="novel-view models: also time sampling with timestep skipping at these skips on the unlearned model")
+    run.add_argument("--prompt", action="append", default=[], help="text-to-image: an extra prompt to compare; language "
+                     "models: a prompt both models continue (repeat the flag; default: the model's demo prompts)")
+    run.add_argument("--questions", type=int, default=None, help="language models: held-out questions scored per domain "
+                     "(default: all)")
     run.set_defaults(func=cmd_run)
-    relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure")
+    relearn = sub.add_parser("relearn", help="relearning test: fine-tune a run's unlearned model on benign data, re-measure "
+                             "(language models: on forget-domain text, the relearning attack)")
     relearn.add_argument("--run", required=True, help="run folder written by 'run --out' (run.json + edit.safetensors)")
     relearn.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a relearning setting")
     relearn.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the run's)")
@@ -475,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..64 concepts with several methods; "
                            "'classifier' = classifier unlearning (UAM's setting) vs retraining; 'speed' = ESD's cached "
                            "trajectories vs the reference, and the app's first press; 'robustness' = attacks and relearning "
-                           "on unlearned models")
-    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "speed", "robustness"])
+                           "on unlearned models; 'lm' = RMU / GA / NegGrad+ with and without UAM on a language model")
+    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "speed", "robustness", "lm"])
     bench.add_argument("--model", default=None, help="scaling, robustness: default shapes-sd; vdu: default digits; speed: "
                        "default digits,shapes-sd")
     bench.add_argument("--parts", default=None, help="speed: esd and / or press (default both)")
@@ -501,8 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fraction", type=float, default=0.1, help="classifier, random: share of the training split to forget")
     bench.add_argument("--train-epochs", type=int, default=15, help="classifier: epochs of the original and retrained model")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="classifier: override a method setting (KEY=VALUE); vdu: METHOD.KEY=VALUE, METHOD one of vdu, ga, esd, salun")
+                       help="classifier: override a method setting (KEY=VALUE); vdu: METHOD.KEY=VALUE, METHOD one of vdu, ga, esd, salun; "
+                       "lm: METHOD.KEY=VALUE, METHOD rmu or gradient_ascent")
     bench.add_argument("--no-torchunlearn", action="store_true", help="classifier: skip the torchunlearn row")
+    bench.add_argument("--seeds", default="0,1,2", help="lm: seeds every row runs with")
+    bench.add_argument("--split", default="test", choices=["test", "val"], help="lm: held-out questions scored (val: tuning)")
+    bench.add_argument("--retain", default=None, help="lm: retain domain(s) (default: the model's)")
+    bench.add_argument("--rows", default=None, help="lm: rows to run, comma-separated (default: all)")
+    bench.add_argument("--relearn-steps", type=int, default=0, help="lm: relearning attack steps on forget text (0: none)")
     bench.set_defaults(func=cmd_bench)
     z123 = sub.add_parser("zero123", help="novel-view unlearning (skip3d): forget object -> override object, with the speedup "
                           "measured in the same run ('run --method skip3d' with timings)")

@@ -23,6 +23,10 @@ evaluator's shape head), PUL and SSIM / PSNR / LPIPS of retained views apply; on
     evaluator-FID     remain views vs their ground-truth renders
     sampling          (``plan.sampling_skips``) seconds per view with timestep skipping on the unlearned model, and
                       the speedup over skip 0 measured in the same run, with the quality at each skip
+A family whose results are not images from seeds adds a *view* (:class:`ComparisonView`, registered in
+``VIEWS``): how a run's comparison is planned, streamed, recorded in the run card and written to the run
+folder. The language-model family's view (``compare_lm.TextView``) compares continuations and scores
+multiple-choice questions; every other family uses the image comparison below.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from . import metrics as M
+from .compare_lm import TextView
 from .methods.base import UnlearnTask
 from .metrics.clip import clip_score, clip_status
 from .models.base import FamilyAdapter
@@ -419,3 +426,30 @@ def sampling_table(adapter, unet: torch.nn.Module, plan: ComparisonPlan, task: U
         row["speedup"] = base["seconds_per_view"] / row["seconds_per_view"] if base else None
         row["paper_speedup"] = PAPER_SAMPLING_SPEEDUP.get(row["skip"]) if plan.skip_refs == 4 else None
     return rows
+# ---- family views ------------------------------------------------------------------------------------
+
+class ComparisonView(Protocol):
+    """How a family's runs are compared, for families whose results are not images from seeds.
+
+    The runner calls ``plan`` in ``prepare`` (after the concepts and settings are checked; raise InputError for
+    a request the view cannot serve), ``iterate`` after unlearning (states with a ``metrics`` dict, streamed),
+    then the run folder records ``card(plan)`` as the run card's "comparison" and lets ``write`` add its files.
+    """
+
+    name: str
+
+    def plan(self, adapter: Any, task: UnlearnTask, request: Any, limits: Any) -> Any: ...
+
+    def iterate(self, adapter: Any, edit: Any, plan: Any, task: UnlearnTask, unlearn_s: float | None) -> Iterator[Any]: ...
+
+    def card(self, plan: Any) -> dict: ...
+
+    def write(self, folder: Path, plan: Any, state: Any) -> None: ...
+
+
+VIEWS: dict[str, ComparisonView] = {"causal-lm": TextView()}  # family -> its view (others: the image comparison)
+
+
+def view_for(family: str) -> ComparisonView | None:
+    """The family's view, or None for the image comparison of this module."""
+    return VIEWS.get(family)

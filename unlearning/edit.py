@@ -79,16 +79,25 @@ class Edit:
 
         Refuses (DivergedError) when any trained value is not finite; the base is untouched.
         """
-        base_params, new_params = dict(original.named_parameters()), dict(trained.named_parameters())
+        new_params = dict(trained.named_parameters())
+        return cls.from_values(original, {name: new_params[name] for name in names}, **info)
+
+    @classmethod
+    def from_values(cls, original: nn.Module, values: dict[str, torch.Tensor], **info) -> Edit:
+        """The Edit of new ``values`` (parameter name -> tensor) for ``original``'s parameters: the changed ones only.
+
+        Refuses (DivergedError) when any value is not finite; the base is untouched.
+        """
+        base_params = dict(original.named_parameters())
         changed = {}
-        for name in names:
-            new = new_params[name].detach()
+        for name, value in values.items():
+            new = value.detach()
             if not torch.isfinite(new).all():
                 raise DivergedError(
                     f"the method produced non-finite weights in '{name}'; lower the learning rate and run again. "
                     "The base model is unchanged."
                 )
-            if not torch.equal(new.to(base_params[name].dtype), base_params[name].detach()):
+            if not torch.equal(new.to(base_params[name].device, base_params[name].dtype), base_params[name].detach()):
                 changed[name] = new.to("cpu", torch.float32).clone()
         return cls(params=changed, **info)
 

@@ -58,8 +58,39 @@ def _check_destination(out: Path) -> None:
         raise InputError(f"'{out}' already exists and is not an empty folder; choose a new folder for the export.")
 
 
+def base_module(adapter) -> nn.Module:
+    """The module an edit's parameter names refer to: the UNet, or a language model's whole model."""
+    return adapter.model if adapter.family == "causal-lm" else adapter.unet
+
+
+def export_transformers(adapter, edit: Edit, out: str | Path) -> Path:
+    """A causal language model with the edit as a full transformers folder at ``out`` (atomic): the weights
+    (``save_pretrained``, safetensors, the base's dtype), the tokenizer, and the twin's domain files."""
+    out = Path(out)
+    _check_destination(out)
+    edit.check_compatible(adapter.model)
+    own = dict(adapter.model.named_parameters())
+    # the base's state dict with the edited tensors swapped in: neither a copy of the model nor a change to it
+    state = {**adapter.model.state_dict(), **{n: v.to(own[n].device, own[n].dtype) for n, v in edit.params.items()}}
+    with atomic_dir(out) as tmp:
+        adapter.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        adapter.tokenizer.save_pretrained(tmp)
+        source = Path(str(adapter.source))
+        if source.is_dir():
+            for extra in ("twin.json", "data"):
+                if (source / extra).exists():
+                    (shutil.copytree if (source / extra).is_dir() else shutil.copy2)(source / extra, tmp / extra)
+        (tmp / "unlearning_edit.json").write_text(json.dumps({
+            "base": edit.base, "method": edit.method, "settings": edit.settings, "changed_parameters": edit.num_changed,
+        }, indent=2, default=str) + "\n")
+    return out
+
+
 def export_diffusers(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Path:
-    """The unlearned model as a full diffusers folder at ``out`` (atomic); returns the path."""
+    """The unlearned model as a full model folder at ``out`` (atomic; diffusers' layout, or transformers' for a
+    language model); returns the path."""
+    if adapter.family == "causal-lm":
+        return export_transformers(adapter, edit, out)
     out = Path(out)
     _check_destination(out)
     model, edited = adapter.edited(edit)  # copies: the base UNet and text encoder are never touched
@@ -95,16 +126,22 @@ DELTA_FORMAT = "unlearning-lab delta: new - base of changed parameters (float32)
 
 
 def export_delta(adapter: FamilyAdapter, edit: Edit, out: str | Path) -> Path:
-    """``new - base`` for every changed parameter (UNet; a text encoder's under its prefix), as safetensors (atomic)."""
+    """``new - base`` for every changed parameter (UNet, a text encoder's under its prefix; or a language model), as
+    safetensors (atomic)."""
     from safetensors.torch import save_file
 
     if note := pipeline_setting_note(edit):
         raise InputError(f"nothing to write as a delta. {note}")
-    unet_part, cond_part = edit.split(adapter.conditioner_name)  # AdvUnlearn's text-encoder part keeps its prefix
-    for part, module in ((unet_part, adapter.unet), (cond_part, adapter.conditioner)):
-        part.check_compatible(module)
-    deltas = {**unet_part.deltas(adapter.unet),
-              **{f"{adapter.conditioner_name}.{n}": d for n, d in cond_part.deltas(adapter.conditioner).items()}}
+    if adapter.family == "causal-lm":  # parameter names of the whole language model
+        module = base_module(adapter)
+        edit.check_compatible(module)
+        deltas = edit.deltas(module)
+    else:
+        unet_part, cond_part = edit.split(adapter.conditioner_name)  # AdvUnlearn's text-encoder part keeps its prefix
+        for part, module in ((unet_part, adapter.unet), (cond_part, adapter.conditioner)):
+            part.check_compatible(module)
+        deltas = {**unet_part.deltas(adapter.unet),
+                  **{f"{adapter.conditioner_name}.{n}": d for n, d in cond_part.deltas(adapter.conditioner).items()}}
     metadata = {"format": DELTA_FORMAT, "method": edit.method, "base": json.dumps(edit.base, default=str),
                 "settings": json.dumps(edit.settings, default=str)}
     with atomic_file(out) as tmp:
@@ -232,7 +269,9 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
     request, method, model = card.get("request", {}), card.get("method", {}), card.get("model", {})
     base = model.get("source") or request.get("model", "")
     hub_base = isinstance(base, str) and base.count("/") == 1 and not Path(base).exists()
-    front = ["---", "library_name: diffusers", "tags:", "- machine-unlearning", "- unlearning-lab"]
+    language_model = model.get("family") == "causal-lm"
+    front = ["---", f"library_name: {'transformers' if language_model else 'diffusers'}", "tags:", "- machine-unlearning",
+             "- unlearning-lab"]
     if hub_base:
         front.append(f"base_model: {base}")
     front.append("---")
@@ -244,7 +283,8 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
                   "- `model/`: the base model's diffusers folder; `model/unlearning_edit.json` holds the sampling setting."]
     else:
         lines += ["## Files", "",
-                  "- `model/`: the full diffusers folder of the unlearned model (`from_pretrained`).",
+                  f"- `model/`: the full {'transformers' if language_model else 'diffusers'} folder of the unlearned model "
+                  "(`from_pretrained`).",
                   "- `delta.safetensors`: new - base of the changed parameters."]
     lines.append("- `run.json`: every setting, seed and library version of the run.")
     if lora is not None:
@@ -252,8 +292,10 @@ def write_model_card(card: dict, out: str | Path, lora: LoraReport | None = None
     metrics = card.get("metrics") or {}
     fr = metrics.get("forget_rate", {})
     if "original" in fr:
-        lines += ["", "## Measured", "", f"Forget rate {fr['original']:.2f} -> {fr['unlearned']:.2f} "
-                  f"(n = {fr.get('n', '?')}, the run's evaluator)."]
+        what, how = (("forget-domain multiple-choice accuracy", fr.get("reference", "")) if language_model
+                     else ("forget rate", "the run's evaluator"))
+        lines += ["", "## Measured", "", f"{what.capitalize()} {fr['original']:.2f} -> {fr['unlearned']:.2f} "
+                  f"(n = {fr.get('n', '?')}, {how})."]
     lines += ["", "## Reproduce", "", "    " + str(card.get("reproduce", "")), ""]
     return write_text_atomic(out, "\n".join(lines))
 

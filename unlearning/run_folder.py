@@ -7,6 +7,8 @@
     images/           forget_grid.png, retain_grid.png, original/*.png, unlearned/*.png; for a novel-view model the
                       grids are multi-view (per input and seed: the input view, then its views around the object;
                       original row above unlearned row) and inputs/*.png holds the input views
+                      (a family with its own comparison view writes its files instead: for language models
+                      continuations.json and questions.json, per scored question whether each model got it right)
 
 A folder is built beside its destination and renamed into place, so a reader never sees half a run.
 
@@ -118,7 +120,7 @@ def run_card(run, edit: Edit, state: ComparisonState, owner: str | None = None) 
         "method": {"name": run.spec.name, "label": run.spec.label, "citation": run.spec.citation},
         "settings": dataclasses.asdict(run.settings),
         "task": dataclasses.asdict(run.task),
-        "comparison": {
+        "comparison": run.view.card(run.plan) if getattr(run, "view", None) is not None else {
             "num_inference_steps": run.plan.num_inference_steps,
             "guidance_scale": run.plan.guidance_scale,
             "sampler": "DDIM, eta = 0, initial noise drawn on CPU per seed",
@@ -158,6 +160,9 @@ def write_run_folder(out: Path, run, edit: Edit, state: ComparisonState, owner: 
         (tmp / "metrics.json").write_text(json.dumps(state.metrics, indent=2, default=str) + "\n")
         (tmp / "loss.json").write_text(json.dumps(edit.loss_log) + "\n")
         edit.save(tmp / "edit.safetensors")
+        if getattr(run, "view", None) is not None:  # a family with its own view writes its own files
+            run.view.write(tmp, run.plan, state)
+            return out
         images = tmp / "images"
         for group in ("forget", "retain", "prompt"):
             grid = group_grid(run, state, group)

@@ -23,7 +23,7 @@ from typing import Any
 
 from .atomic import write_text_atomic
 from .attacks.relearn import RelearnSettings, relearn, relearn_report, relearn_settings
-from .compare import ComparisonPlan, ComparisonState, iter_comparison, plan_comparison
+from .compare import ComparisonPlan, ComparisonState, ComparisonView, iter_comparison, plan_comparison, view_for
 from .edit import Edit
 from .errors import InputError, UnlearningError
 from .hosting.profile import HostProfile, get_profile
@@ -54,6 +54,9 @@ class RunRequest:
     prompts: list[str] | None = None  # extra prompts of the user's, compared side by side (not scored)
     input_polar: float | None = None  # novel-view models: polar angle of the input views (degrees, 90 = level; None: 75)
     sampling_skips: list[int] | None = None  # novel-view models: also time sampling at these skips, e.g. [0, 8, 12, 16]
+    prompts: list[str] | None = None  # extra prompts of the user's, compared side by side (not scored); language
+    # models: the prompts both models continue (None: the model's demo prompts)
+    questions: int | None = None  # language models: held-out questions scored per domain (None: all)
 
 
 @dataclass
@@ -64,7 +67,8 @@ class PreparedRun:
     spec: MethodSpec
     settings: Any
     task: UnlearnTask
-    plan: ComparisonPlan
+    plan: ComparisonPlan | Any  # the view's plan for a family with a view
+    view: ComparisonView | None = None  # the family's comparison view (None: images from seeds, compare.py)
 
 
 @dataclass
@@ -73,7 +77,7 @@ class RunEvent:
     step: StepReport | None = None
     loss_log: list[dict] = field(default_factory=list)
     edit: Edit | None = None
-    state: ComparisonState | None = None
+    state: ComparisonState | Any = None  # the view's state for a family with a view
     folder: Path | None = None
     archive: Path | None = None  # "done" from run_to_folder(archive=True): the zip of the folder
 
@@ -122,8 +126,8 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     if profile.methods and spec.name not in profile.methods:
         raise InputError(f"method '{spec.name}' is not allowed here; allowed: {', '.join(profile.methods)}.")
     adapter = load_adapter(request.model, request.device)
-    if adapter.family not in spec.families:
-        raise InputError(f"{spec.label} does not support {adapter.family} models yet.")
+    spec = spec.for_family(adapter.family)  # the method as written for this family (InputError if it has none)
+    view = view_for(adapter.family)
 
     forget, anchors = parse_forget(adapter, _concepts(request.forget))
     if len(set(forget)) != len(forget):
@@ -151,7 +155,7 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
                          f"maps a concept to another: {', '.join(anchor_methods())}.")
 
     settings = spec.settings(model_id, request.settings)
-    views = adapter.comparison_azimuths() is not None  # a novel-view model: concepts are input views
+    views = view is None and adapter.comparison_azimuths() is not None  # a novel-view model: concepts are input views
     if not views and (request.input_polar is not None or request.sampling_skips):
         raise InputError("an input polar angle and sampling skips are for novel-view (Zero123) models; this is a "
                          f"{adapter.family} model.")
@@ -162,6 +166,9 @@ def prepare(request: RunRequest, profile: HostProfile | None = None) -> Prepared
     iterations = getattr(settings, "iterations", None)
     if iterations is not None and iterations > limits.max_iterations:
         raise InputError(f"iterations = {iterations} is more than this instance allows ({limits.max_iterations}).")
+    task = UnlearnTask(forget=forget, retain=retain, anchor=anchor, seed=int(request.seed), anchors=anchors)
+    if view is not None:
+        return PreparedRun(request, model_id, adapter, spec, settings, task, view.plan(adapter, task, request, limits), view)
     steps = request.num_inference_steps
     if steps is not None and not 1 <= steps <= limits.max_inference_steps:
         raise InputError(f"sampling steps must be between 1 and {limits.max_inference_steps}; got {steps}.")
@@ -223,10 +230,14 @@ def execute(run: PreparedRun, out_dir: Path | None = None, cancel: threading.Eve
             raise result["error"]
         edit: Edit = result["edit"]
         yield RunEvent("edit", edit=edit, loss_log=loss_log)
-        edited_adapter, edited = run.adapter.edited(edit)
+        unlearn_s = edit.timings.get("unlearn_s")
+        if run.view is not None:
+            states = run.view.iterate(run.adapter, edit, run.plan, run.task, unlearn_s)
+        else:
+            edited_adapter, edited = run.adapter.edited(edit)
+            states = iter_comparison(run.adapter, edited, run.plan, run.task, unlearn_s, edit.timings, edited_adapter=edited_adapter)
         state = None
-        for state in iter_comparison(run.adapter, edited, run.plan, run.task, edit.timings.get("unlearn_s"), edit.timings,
-                                     edited_adapter=edited_adapter):
+        for state in states:
             if cancel.is_set():
                 raise UnlearningError("the run was cancelled.")
             yield RunEvent("compare", state=state, edit=edit, loss_log=loss_log)

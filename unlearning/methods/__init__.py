@@ -22,9 +22,11 @@ from . import (
     finetune,
     fmn,
     gradient_ascent,
+    gradient_ascent_lm,
     mace,
     rece,
     resalign,
+    rmu,
     salun,
     scapre,
     skip3d,
@@ -52,6 +54,18 @@ class MethodSpec:
     uses_anchor: bool = False
     check_task: Callable | None = None  # (task, settings) -> None; raises InputError for a task the method cannot run
     sampling_rule: Callable | None = None  # (adapter, unet, cond, spec) -> rule(step, x_t, t, w) -> eps; None: weights only
+    variants: dict[str, MethodSpec] = field(default_factory=dict)  # family -> the same method written for that family
+
+    def for_family(self, family: str) -> MethodSpec:
+        """The implementation of this method for a model family (itself, or its variant for that family)."""
+        if family in self.families:
+            return self
+        if family in self.variants:
+            return self.variants[family]
+        raise InputError(f"{self.label} does not support {family} models yet.")
+
+    def supports(self, family: str) -> bool:
+        return family in self.families or family in self.variants
 
     def defaults(self, model_id: str | None = None) -> dict[str, Any]:
         """The values a run starts from: the paper's, with the twin's tuned values over them."""
@@ -76,6 +90,9 @@ class MethodSpec:
             })
         return rows
 
+
+# the facts-lm twin has 4 layers where Zephyr has 32: RMU's layer 7 of 32 and its update layers l-2..l, scaled
+LM_TWIN_LAYERS: dict[str, Any] = {"layer": 1, "update_layers": "0,1"}
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
@@ -105,6 +122,28 @@ METHODS: dict[str, MethodSpec] = {
             settings_cls=gradient_ascent.GradientAscentSettings,
             unlearn=gradient_ascent.unlearn,
             tuned={"digits": {"iterations": 40, "lr": 1e-3, "retain_weight": 1.0, "batch_size": 16, "group": "cross_attention"}},
+            variants={"causal-lm": MethodSpec(
+                name="gradient_ascent",
+                label="Gradient ascent (GA / NegGrad+), language model",
+                summary="Raises the next-token loss on the forget domain's text; an optional retain term (NegGrad+) keeps "
+                "training on the retain domain's text. Unbounded: too many steps break the whole model.",
+                citation="Baseline; NegGrad+: Kurmanji et al., Towards Unbounded Machine Unlearning, NeurIPS 2023",
+                settings_cls=gradient_ascent_lm.LMGradientAscentSettings,
+                unlearn=gradient_ascent_lm.unlearn,
+                families=("causal-lm",),
+                tuned={"facts-lm": {"update_layers": LM_TWIN_LAYERS["update_layers"]}},
+            )},
+        ),
+        MethodSpec(
+            name="rmu",
+            label="RMU (representation misdirection)",
+            summary="At one layer, pushes the hidden states of forget-domain text to a fixed random direction of large norm "
+            "and holds those of retain-domain text where the original has them; only a few MLP output projections train.",
+            citation="Li et al., The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning, ICML 2024",
+            settings_cls=rmu.RMUSettings,
+            unlearn=rmu.unlearn,
+            families=("causal-lm",),
+            tuned={"facts-lm": {**LM_TWIN_LAYERS}},
         ),
         MethodSpec(
             name="finetune",

@@ -178,6 +178,16 @@ def optimise(
     unet: torch.nn.Module,
     names: list[str],
     loss_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict] | Objective],
+    **kwargs: Any,
+) -> list[dict]:
+    """Minimise ``loss_fn(step)`` over the named parameters of ``unet``; see :func:`optimise_params`."""
+    wanted = set(names)
+    return optimise_params([p for n, p in unet.named_parameters() if n in wanted], loss_fn, **kwargs)
+
+
+def optimise_params(
+    params: list[torch.Tensor],
+    loss_fn: Callable[[int], torch.Tensor | tuple[torch.Tensor, dict] | Objective],
     *,
     iterations: int,
     lr: float,
@@ -190,7 +200,7 @@ def optimise(
     max_grad_norm: float | None = None,
     memory: Memory | None = None,
 ) -> list[dict]:
-    """Minimise ``loss_fn(step)`` over the named parameters; returns the loss log.
+    """Minimise ``loss_fn(step)`` over ``params`` (leaf tensors requiring grad); returns the loss log.
 
     ``loss_fn`` returns the loss (optionally with a dict for the log), or an :class:`Objective` split
     into forget and retain parts; only the latter can be wrapped by UAM (``uam``). With ``memory.autocast``
@@ -200,8 +210,6 @@ def optimise(
     Stops with DivergedError the moment the loss or a gradient is not finite, saying what to do.
     """
     memory = memory or Memory()
-    wanted = set(names)
-    params = [p for n, p in unet.named_parameters() if n in wanted]
     device = params[0].device
     if optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)

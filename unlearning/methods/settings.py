@@ -89,7 +89,7 @@ def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str
     fields = {f.name: f for f in settings_fields(settings_cls)}
     unknown = sorted(set(overrides) - set(fields))
     if set(unknown) & {"uam", "uam_rho", "uam_gamma"}:
-        raise InputError("UAM wraps methods whose loss has a forget and a retain part (esd, gradient_ascent, vdu); "
+        raise InputError("UAM wraps methods whose loss has a forget and a retain part (esd, gradient_ascent, vdu, rmu); "
                          "this method has no UAM setting.")
     if unknown:
         raise InputError(f"unknown setting(s) {', '.join(unknown)}; this method's settings are: {', '.join(fields)}.")

@@ -1,9 +1,10 @@
 """Known model sources of every family and the adapter cache.
 
 A model source is one of: the id of an embedded twin shipped in ``assets/`` (``digits``,
-``shapes-sd``, ``shapes-3d``), a local folder in diffusers' layout (Zero123's own layout for the
-novel-view family), or a Hugging Face hub id (loaded from the local cache, or downloaded where the
-hub is reachable). Each source is loaded once per (device, dtype) and
+``shapes-sd``, ``shapes-3d``, ``facts-lm``), a local folder in diffusers' layout (``model_index.json``; Zero123's
+own layout for the novel-view family) or in transformers' layout for a causal language model (``config.json``
+naming a ``...ForCausalLM``), or a Hugging Face hub id of any of these kinds (loaded from the local cache, or
+downloaded where the hub is reachable). Each source is loaded once per (device, dtype) and
 cached; the cached adapter's base weights are never modified.
 """
 
@@ -64,6 +65,15 @@ CATALOG: dict[str, ModelEntry] = {
             "rendered 3D objects (32x32). Concepts are input views: objects such as 'blue pyramid' (ground-truth renders exist "
             "at every pose) or uploaded images. Runs on any CPU.",
         ),
+        ModelEntry(
+            id="facts-lm",
+            label="facts-lm (embedded language model)",
+            family="causal-lm",
+            path=ASSETS / "facts-lm",
+            description="A small Llama-style language model (transformers' LlamaForCausalLM) trained here on generated text "
+            "about two made-up domains: 'hazard' (invented compounds, WMDP's role: the domain to forget) and 'general' "
+            "(invented cities and people, MMLU's role). Scored on held-out four-option questions. Runs on any CPU.",
+        ),
     ]
 }
 
@@ -75,6 +85,7 @@ HUB_MODELS = {
     "kxic/zero123-165000": "novel-view",
     "kxic/zero123-xl": "novel-view",
     "stabilityai/stable-diffusion-xl-base-1.0": "stable-diffusion-xl",
+    "HuggingFaceH4/zephyr-7b-beta": "causal-lm",  # the WMDP / UAM papers' model
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -83,8 +94,11 @@ FAMILY_LOADERS = {
     "stable-diffusion": "unlearning.models.sd:StableDiffusionAdapter",
     "novel-view": "unlearning.models.novel_view:NovelViewAdapter",
     "stable-diffusion-xl": "unlearning.models.sdxl:StableDiffusionXLAdapter",
+    "causal-lm": "unlearning.models.causal_lm:CausalLMAdapter",
 }
-FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True, "novel-view": True, "stable-diffusion-xl": True}
+FAMILY_ALLOWS_HALF = {"class-conditional": False, "stable-diffusion": True, "novel-view": True, "stable-diffusion-xl": True, "causal-lm": True}
+FAMILY_HALF_DTYPE = {"causal-lm": torch.bfloat16}  # on a GPU without bf16, fp16 (language models train unstably in fp16)
+FAMILY_MARKER = {"causal-lm": "config.json"}  # the file a model folder of the family holds (default model_index.json)
 # What a family's comparison takes beside its concepts: "prompts" (the user's own prompts, shown beside the scored
 # grids), "sampler" (a choice of diffusers scheduler), "guidance" (a classifier-free guidance scale). The run refuses
 # what its family does not take; the app shows only these controls for a model of the family. A novel-view run has
@@ -94,6 +108,7 @@ FAMILY_OPTIONS: dict[str, frozenset[str]] = {
     "stable-diffusion": frozenset({"sampler", "guidance", "prompts"}),
     "stable-diffusion-xl": frozenset({"sampler", "guidance", "prompts"}),
     "novel-view": frozenset(),
+    "causal-lm": frozenset(),  # continuations and scored questions (compare_lm.TextView)
 }
 # model_index.json's _class_name (the real checkpoints') or _unlearning_family (written here) -> family
 PIPELINE_FAMILIES = {"StableDiffusionPipeline": "stable-diffusion", "StableDiffusionXLPipeline": "stable-diffusion-xl",
@@ -143,11 +158,15 @@ def hub_availability(repo: str) -> tuple[bool, str]:
 
 def hub_snapshot(repo: str) -> Path | None:
     """The folder of the repo's cached snapshot (``models--owner--name/snapshots/<hash>/``, the one ``refs/main``
-    names) when its model_index.json and UNet config are in the local Hugging Face cache; else None."""
+    names) when its model_index.json and UNet config (a diffusers pipeline), or its config.json and tokenizer
+    config (a transformers language model) are in the local Hugging Face cache; else None."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = [try_to_load_from_cache(repo, f) for f in ("model_index.json", "unet/config.json")]
-    return Path(found[0]).parent if all(isinstance(f, str) for f in found) else None
+    for files in (("model_index.json", "unet/config.json"), ("config.json", "tokenizer_config.json")):
+        found = [try_to_load_from_cache(repo, f) for f in files]
+        if all(isinstance(f, str) for f in found):
+            return Path(found[0]).parent
+    return None
 
 
 def _resolve_hub(repo: str) -> tuple[str, Path | str, str]:
@@ -157,7 +176,7 @@ def _resolve_hub(repo: str) -> tuple[str, Path | str, str]:
         raise InputError(f"'{repo}' is not a valid hub id (owner/name: letters, digits, '-', '_', '.').")
     snapshot = hub_snapshot(repo)
     if snapshot is not None:
-        return repo, snapshot, family_of_index(json.loads((snapshot / "model_index.json").read_text()), repo)
+        return repo, snapshot, family_of_folder(snapshot, repo)
     ok, why = hub_availability(repo)
     if not ok:
         raise InputError(f"'{repo}' is {why}")
@@ -170,26 +189,43 @@ def _resolve_hub(repo: str) -> tuple[str, Path | str, str]:
     )
 
     try:
-        index = hf_hub_download(repo, "model_index.json")
+        try:
+            index = hf_hub_download(repo, "model_index.json")
+        except EntryNotFoundError:  # not a diffusers pipeline: a transformers language model?
+            config = hf_hub_download(repo, "config.json")
+            return repo, repo, family_of_config(json.loads(Path(config).read_text()), repo)
     except RepositoryNotFoundError:
         raise InputError(f"'{repo}' does not exist on the hub (or is private); check the spelling.") from None
     except EntryNotFoundError:
-        raise InputError(f"'{repo}' has no model_index.json: it is not a diffusers pipeline.") from None
+        raise InputError(f"'{repo}' has neither a model_index.json (diffusers) nor a config.json (transformers).") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         raise InputError(f"could not fetch '{repo}' from the hub: {exc}") from None
     return repo, repo, family_of_index(json.loads(Path(index).read_text()), repo)
 
 
-def family_of_folder(path: Path) -> str:
-    """Read a folder's model_index.json and name its family, or say why it cannot be loaded."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise InputError(f"'{path}' has no model_index.json: point at a diffusers model folder (the folder save_pretrained wrote).")
+def family_of_config(config: dict, where: str) -> str:
+    """A transformers config.json: a causal language model (``architectures`` names a ``...ForCausalLM``), or why not."""
+    arch = config.get("architectures") or []
+    if any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in arch):
+        return "causal-lm"
+    raise InputError(f"'{where}' holds a transformers {', '.join(arch) or config.get('model_type', 'model')}, not a causal "
+                     "language model (its config.json names no ...ForCausalLM architecture).")
+
+
+def family_of_folder(path: Path, where: str | None = None) -> str:
+    """Read a folder's model_index.json (diffusers) or config.json (transformers) and name its family, or say why it
+    cannot be loaded."""
+    where = where or str(path)
+    index, config = path / "model_index.json", path / "config.json"
+    if not index.is_file() and not config.is_file():
+        raise InputError(f"'{path}' has no model_index.json or config.json: point at a diffusers or transformers model folder "
+                         "(the folder save_pretrained wrote).")
+    file = index if index.is_file() else config
     try:
-        meta = json.loads(index.read_text())
+        meta = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
-        raise InputError(f"'{index}' is not valid JSON ({exc}).") from exc
-    return family_of_index(meta, str(path))
+        raise InputError(f"'{file}' is not valid JSON ({exc}).") from exc
+    return family_of_index(meta, where) if file is index else family_of_config(meta, where)
 
 
 def is_hub_id(text: str) -> bool:
@@ -210,7 +246,7 @@ def resolve(model: str, profile: HostProfile | None = None) -> tuple[str, Path |
         return _resolve_hub(text)  # a hub id (the check above refused anything else); the disk is not looked at
     if text in CATALOG:
         entry = CATALOG[text]
-        if not (entry.path / "model_index.json").is_file():
+        if not (entry.path / FAMILY_MARKER.get(entry.family, "model_index.json")).is_file():
             raise InputError(f"the embedded model '{text}' is missing from {entry.path}; reinstall or retrain it.")
         return entry.id, entry.path, entry.family
     path = Path(text).expanduser()
@@ -255,6 +291,8 @@ def concept_choices(model: str) -> list[str]:
     if family == "class-conditional":
         meta = json.loads((path / "label_encoder" / "config.json").read_text())
         return list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
+    if family == "causal-lm":
+        return list(read_twin(path).get("domains", {}))  # a real model's domains come from $UNLEARNING_LM_DATA
     return vocabulary_words(read_twin(path).get("vocabulary", {}))
 
 
@@ -287,7 +325,10 @@ def load_adapter(model: str, device: str | torch.device = "auto", *, dtype: torc
     """
     model_id, path, family = resolve(model)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dtype = dtype or inference_dtype(dev, FAMILY_ALLOWS_HALF[family])
+    if dtype is None:
+        dtype = inference_dtype(dev, FAMILY_ALLOWS_HALF[family])
+        if dtype == torch.float16 and family in FAMILY_HALF_DTYPE and torch.cuda.is_bf16_supported():
+            dtype = FAMILY_HALF_DTYPE[family]
     if dtype != torch.float32 and not FAMILY_ALLOWS_HALF[family]:
         raise InputError(f"{family} models run in float32 only; drop the dtype.")
     if resolution is not None and family not in TEXT_TO_IMAGE:

@@ -24,6 +24,15 @@ def metrics_rows(m: dict) -> list[list[str]]:
     if "unavailable" in fr:
         rows.append(["forget rate / retain accuracy", "unavailable", "unavailable",
                      fr["unavailable"] + (f"; to enable: {fr['how_to_enable']}" if fr.get("how_to_enable") else ""), "", ""])
+    elif "chance" in fr or "chance" in ra:  # a language model: multiple-choice accuracy per domain (compare_lm)
+        for entry, label in ((fr, "forget-domain accuracy ↓ (95% CI)"), (ra, "retain-domain accuracy ↑ (95% CI)")):
+            if entry:
+                rows.append([label, _rate(entry, "original"), _rate(entry, "unlearned"),
+                             f"{entry['reference']}; chance {entry['chance']:.2f}", str(entry["n"]), "log-likelihood of each option"])
+        ppl = m.get("perplexity")
+        if ppl:
+            rows.append(["perplexity ↓", _num(ppl["original"], "{:.2f}"), _num(ppl["unlearned"], "{:.2f}"), ppl["compares"],
+                         str(ppl["n_texts"]), "exp(mean next-token NLL)"])
     else:
         if fr:
             rows.append(["forget rate ↓ (95% CI)", _rate(fr, "original"), _rate(fr, "unlearned"),

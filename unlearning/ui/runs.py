@@ -133,10 +133,15 @@ def run_view(name: str | None, root: Path | None = None, viewer: str | None = No
     hold(folder)  # open in a browser: retention keeps it
     settings = ", ".join(f"{k}={v}" for k, v in card.get("settings", {}).items())
     seeds = card.get("comparison", {})
+    if seeds.get("view") == "text":  # a language model: questions and prompts instead of sampled images
+        compared = (f"questions: {', '.join(f'{d} {n}' for d, n in seeds.get('questions_per_domain', {}).items())} "
+                    f"({seeds.get('question_format', '')} format); {len(seeds.get('prompts', []))} prompts continued")
+    else:
+        compared = f"sampling: {seeds.get('num_inference_steps', '?')} steps, guidance {seeds.get('guidance_scale', '?')}"
     text = (f"**{card.get('method', {}).get('label', '')}** on **{card.get('request', {}).get('model', '')}**, forgetting "
             f"**{', '.join(card.get('task', {}).get('forget', []))}** · {summary.row()[1]}  \n"
             f"settings: {settings or 'defaults'}  \n"
-            f"sampling: {seeds.get('num_inference_steps', '?')} steps, guidance {seeds.get('guidance_scale', '?')}  \n"
+            f"{compared}  \n"
             f"reproduce: `{card.get('reproduce', '')}`  \nfolder: `{folder}`")
     grids = [folder / "images" / f"{g}_grid.png" for g in ("forget", "retain")]
     forget, retain = (str(p) if p.is_file() else None for p in grids)

@@ -50,12 +50,14 @@ row), so any difference is the edit and nothing else. A separate classifier (the
 how often the forgotten concept still appears and whether the others are still drawn correctly.
 """
 
+TEXT_FAMILIES = {"causal-lm"}  # families with their own tab (ui/lm.py): not offered here
+
 LOSS_EMPTY = pd.DataFrame({"step": pd.Series([], dtype=float), "loss": pd.Series([], dtype=float), "series": pd.Series([], dtype=str)})
 
 
 # ---- choices --------------------------------------------------------------------------------------
 
-TAB_FAMILIES = ("class-conditional", "stable-diffusion")  # what this tab offers; novel-view models have the Zero123 tab
+TAB_FAMILIES = ("class-conditional", "stable-diffusion", "stable-diffusion-xl")  # what this tab offers (Zero123: its tab; LMs: theirs)
 
 
 def model_choices(families: tuple[str, ...] = TAB_FAMILIES) -> list[tuple[str, str]]:
@@ -79,6 +81,11 @@ def method_choices(family: str | None = None, families: tuple[str, ...] = TAB_FA
             if (allowed is None or s.name in allowed) and (family is None or family in s.families)]
 
 
+def image_methods() -> list:
+    """The registered methods this tab offers: those written for one of its families."""
+    return methods_for(TAB_FAMILIES)
+
+
 def model_markdown(model: str) -> str:
     entry = CATALOG.get(model)
     if entry:
@@ -100,7 +107,7 @@ class SettingControl:
 
     method: str
     name: str
-    kind: str  # "number" | "int" | "choice" | "bool"
+    kind: str  # "number" | "int" | "choice" | "bool" | "text"
     value: Any
     label: str
     info: str
@@ -116,14 +123,15 @@ class SettingControl:
         return family is None or not self.families or family in self.families
 
 
-def setting_controls(model_id: str, families: tuple[str, ...] = TAB_FAMILIES) -> list[SettingControl]:
-    """Controls for the settings of every method of ``families``, built from the settings dataclasses."""
+def setting_controls(model_id: str, families: tuple[str, ...] = TAB_FAMILIES, specs: list | None = None) -> list[SettingControl]:
+    """Controls for the settings of every method of ``families`` (``specs``: these methods instead), built from the
+    settings dataclasses."""
     out = []
-    for spec in methods_for(families):
+    for spec in methods_for(families) if specs is None else specs:
         fields = {f.name: f for f in settings_fields(spec.settings_cls)}
         for row in spec.describe(model_id):
             f = fields[row["name"]]
-            kind = "choice" if row.get("choices") else {"bool": "bool", "int": "int"}.get(row["type"], "number")
+            kind = "choice" if row.get("choices") else {"bool": "bool", "int": "int", "str": "text"}.get(row["type"], "number")
             paper = f"paper: {row['paper']}" + (f"; tuned for {model_id}" if row["tuned"] else "")
             out.append(SettingControl(spec.name, f.name, kind, row["value"], f.metadata.get("label") or f.name,
                                       f"{row['help']} ({paper})", row.get("choices"), f.metadata.get("families")))
@@ -172,6 +180,8 @@ def setting_component(c: SettingControl, family: str | None = None):
         return gr.Dropdown(list(c.choices), value=c.value, label=c.label, info=c.info, visible=shown)
     if c.kind == "bool":
         return gr.Checkbox(value=c.value, label=c.label, info=c.info, visible=shown)
+    if c.kind == "text":
+        return gr.Textbox(str(c.value), label=c.label, info=c.info, visible=shown)
     return gr.Number(value=c.value, label=c.label, info=c.info, visible=shown, precision=0 if c.kind == "int" else None)
 
 
@@ -312,27 +322,40 @@ def pair_images(state) -> dict:
     }
 
 
-def export_model(run_folder: str | None) -> tuple[str | None, str]:
-    """Write the last run's unlearned model as a full diffusers folder inside its run folder; return
-    (a zip of it for small models, a status line)."""
-    from ..export import export_diffusers, pipeline_setting_note
+def export_from_run(run_folder: str | None, name: str, write) -> tuple[Path | None, str]:
+    """``write(adapter, edit, run_folder / name)`` unless that export exists; (its path, "") or (None, why not)."""
     from ..runner import load_run
 
     if not run_folder:
         return None, "Run an unlearning first; the export is made from the finished run."
     folder = Path(run_folder)
     hold(folder)  # being exported and downloaded: retention keeps it
-    out = folder / "model"
+    out = folder / name
     try:
-        run, edit = load_run(folder)
         if not out.exists():
-            export_diffusers(run.adapter, edit, out)
+            run, edit = load_run(folder)
+            write(run.adapter, edit, out)
     except UnlearningError as exc:
         return None, f"**Could not export:** {exc}"
-    note = f" **{pipeline_setting_note(edit)}**" if edit.sampling else ""
+    return out, ""
+
+
+def export_model(run_folder: str | None) -> tuple[str | None, str]:
+    """Write the last run's unlearned model as a full model folder inside its run folder; return (a zip of it for
+    small models, a status line)."""
+    from ..edit import Edit
+    from ..export import export_diffusers, pipeline_setting_note
+
+    out, problem = export_from_run(run_folder, "model", export_diffusers)
+    if out is None:
+        return None, problem
+    edit_file = Path(run_folder) / "edit.safetensors"
+    edit = Edit.load(edit_file) if edit_file.is_file() else None
+    note = f" **{pipeline_setting_note(edit)}**" if edit is not None and edit.sampling else ""
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     loader = ("StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists()
               else "unlearning.models.zero123.Zero123.from_pretrained or this app" if (out / "cc_projection").exists()
+              else "AutoModelForCausalLM.from_pretrained" if (out / "tokenizer_config.json").exists()
               else "this app (as a local folder)")
     if size > 200e6:
         return None, f"Written to `{out}` ({size / 1e9:.1f} GB, too large to download here); it loads with {loader}.{note}"
