@@ -17,6 +17,7 @@ from unlearning.devices import DEVICE_CHOICES
 from unlearning.hosting.profile import get_profile, install_log_redaction, use_profile
 from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from unlearning.methods import METHODS
+from unlearning.ui import benchmark as ui_benchmark
 from unlearning.ui import relearn as ui_relearn
 from unlearning.ui import unlearn as ui
 from unlearning.ui import zero123 as ui_zero123
@@ -171,6 +172,8 @@ def build_demo() -> gr.Blocks:
                     scaling_btn = gr.Button("Run the scaling benchmark", scale=1)
 
             ui_zero123.build_tab()  # novel-view unlearning (unlearning/ui/zero123.py)
+
+            ui_benchmark.build_tab()  # every method x every concept (unlearning/ui/benchmark.py)
 
             build_runs_tab(viewer)  # earlier runs: reopen one, compare two (unlearning/ui/runs.py)
 

@@ -150,7 +150,7 @@ def test_protocol_json_schema_and_rows(finished):
 
 def test_rows_recompute_from_the_stored_grid(finished):
     protocol, result, _ = finished
-    for job, key in zip(protocol.jobs(), protocol.keys(), strict=True):
+    for job, key in zip(protocol.jobs(), protocol.cell_keys(), strict=True):
         measure = protocol.store.get_measure(key, protocol.measure)
         if job.method == ORIGINAL:
             assert len(measure["grid"]) == 10 and all(e["n"] == 2 for e in measure["grid"])
@@ -193,7 +193,7 @@ def test_resume_runs_only_missing_cells(finished, tmp_path, monkeypatch):
     monkeypatch.setattr(P, "measure_grid", measuring)
     monkeypatch.setattr(P, "unlearn_cell", unlearning)
     assert P.run_protocol(again, quiet=True)["rows"] == result["rows"] and sampled == []  # all stored: nothing runs
-    keys = dict(zip([(j.method, j.concept) for j in again.jobs()], again.keys(), strict=True))
+    keys = dict(zip([(j.method, j.concept) for j in again.jobs()], again.cell_keys(), strict=True))
     (again.store.folder(keys["scapre", "5"]) / f"{again.measure}.json").unlink()  # the measurement lost, the edit kept
     shutil.rmtree(again.store.folder(keys["uce", "3"]))  # the whole cell lost
     resumed = P.run_protocol(again, quiet=True)

@@ -238,10 +238,11 @@ def _method_sets(pairs: list[str], what: str) -> dict[str, dict[str, str]]:
 def cmd_bench_protocol(args: argparse.Namespace) -> int:
     """Every method x every concept x seeds in UnlearnCanvas's columns; resumable; table to stdout."""
     from .benchmarks import protocol as P
+    from .benchmarks.cells import safe_name
     from .benchmarks.protocol_results import format_table, write_outputs
 
     model = args.model or "shapes-sd"
-    out = Path(args.out) if args.out else Path("bench/results") / f"protocol-{P.slug(model)}"
+    out = Path(args.out) if args.out else Path("bench/results") / f"protocol-{safe_name(model)}"
     config = P.ProtocolConfig(model=model, methods=args.methods or "all", concepts=args.concepts, seeds=args.seeds, out=out,
                               jobs=args.jobs, overrides=_method_sets(args.set, "the protocol"), executor=args.executor,
                               address=args.address, device=args.device, samples_per_prompt=args.samples_per_prompt,

@@ -306,6 +306,9 @@ def row_scores(grid: list[dict], concept: str, kind: str) -> dict:
             "n_forget": sum(e["n"] for e in target), "n_retain": sum(e["n"] for e in others)}
 
 
+_REAL: dict = {}  # real image sets drawn for evaluator-FID, per (model, retained prompts): the same for every method
+
+
 def retained_fid(adapter, plan: GridPlan, images: torch.Tensor, concept: str, kind: str) -> float | None:
     """Evaluator-FID of the images of prompts without ``concept`` against real images of those prompts."""
     evaluator = getattr(adapter, "evaluator", None)
@@ -315,8 +318,13 @@ def retained_fid(adapter, plan: GridPlan, images: torch.Tensor, concept: str, ki
 
     cells = plan.cells()
     keep = [i for i, c in enumerate(cells) if c[kind] != concept]
-    targets = [" ".join(c[k] for k in ("style", "object") if k in c) for c in plan.concept_set.grid() if c[kind] != concept]
-    real = adapter.reference_images(targets, n_per=plan.fid_real_per_prompt, seed=12345)
+    targets = tuple(" ".join(c[k] for k in ("style", "object") if k in c) for c in plan.concept_set.grid() if c[kind] != concept)
+    cache_key = (adapter.source, targets, plan.fid_real_per_prompt)
+    if cache_key not in _REAL:  # the same real set for every method forgetting this concept
+        if len(_REAL) >= 32:
+            _REAL.pop(next(iter(_REAL)))
+        _REAL[cache_key] = adapter.reference_images(list(targets), n_per=plan.fid_real_per_prompt, seed=12345)
+    real = _REAL[cache_key]
     if real is None or len(keep) < 2 or len(real) < 2:
         return None
     return evaluator_fid(evaluator, real, images[keep])
@@ -577,7 +585,7 @@ class Protocol:
         return "protocol-" + settings_hash(self.model_id, "protocol", {**self.plan.context(), "judge": self.judge,
                                                                       "classifier": self.config.classifier})
 
-    def keys(self) -> list[CellKey]:
+    def cell_keys(self) -> list[CellKey]:
         return [job_key(job, self.model_id) for job in self.jobs()]
 
     def stored(self, key: CellKey) -> tuple[dict | None, dict | None]:
@@ -641,7 +649,7 @@ def resolve_protocol(config: ProtocolConfig) -> Protocol:
     for m in methods:
         get_method(m).settings(model_id, dict(config.overrides.get(m, {})))  # unknown / bad settings fail now
     two_kinds = len(concept_set.kinds) > 1
-    k = config.samples_per_prompt or (4 if two_kinds else 16)
+    k = (4 if two_kinds else 16) if config.samples_per_prompt is None else int(config.samples_per_prompt)
     if k < 1:
         raise InputError("--samples-per-prompt must be at least 1.")
     from ..models.base import SAMPLERS
@@ -676,7 +684,7 @@ def run_protocol(protocol: Protocol, on_progress: Callable[[Progress], None] | N
 
     from tqdm import tqdm
 
-    jobs, keys = protocol.jobs(), protocol.keys()
+    jobs, keys = protocol.jobs(), protocol.cell_keys()
     todo = []
     for job, key in zip(jobs, keys, strict=True):
         cell, measure = protocol.stored(key)
@@ -741,7 +749,7 @@ def collect(protocol: Protocol, elapsed_s: float | None = None) -> dict:
     """protocol.json's content from the cells stored so far (missing cells are listed, not guessed)."""
     rows, failed, missing = [], [], []
     originals: dict[int, dict] = {}
-    for job, key in zip(protocol.jobs(), protocol.keys(), strict=True):
+    for job, key in zip(protocol.jobs(), protocol.cell_keys(), strict=True):
         cell, measure = protocol.stored(key)
         if (cell or {}).get("status") == "failed":
             failed.append({"method": job.method, "concept": job.concept, "seed": job.seed, "error": cell.get("error")})

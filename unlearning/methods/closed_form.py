@@ -37,12 +37,22 @@ class ConceptRows:
     erase_owner: list[int]  # per erase column: index of its concept in task.forget
 
 
-def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: bool = True) -> ConceptRows:
+def concept_positions(adapter: FamilyAdapter, text: str, *, include_last: bool = True, include_padding: bool = False) -> list[int]:
+    """Rows of a text's condition an editor constrains: its own tokens (and EOS); with ``include_padding`` also every
+    padding position after it, which in a causal text encoder has read the whole prompt too (UCE's released code
+    takes the rows from the concept's last token to the end of the context)."""
+    pos = adapter.token_positions(text, include_last)
+    if include_padding:
+        pos = list(dict.fromkeys([*pos, *range(pos[-1] + 1, adapter.null_condition(1).shape[1])]))
+    return pos
+
+
+def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: bool = True, include_padding: bool = False) -> ConceptRows:
     """Collect C_E, C_A and C_P for a task (float64 on CPU for stable solves)."""
     erase, target, owner = [], [], []
     for k, concept in enumerate(task.forget):
         for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
-            pos = adapter.token_positions(text, include_last)
+            pos = concept_positions(adapter, text, include_last=include_last, include_padding=include_padding)
             erase.append(adapter.token_embeddings(text, pos))
             anchor = task.anchor_of(concept)
             target.append(adapter.token_embeddings(adapter.prompt_for(anchor) if anchor else None, pos))
@@ -50,7 +60,8 @@ def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: boo
     keep = []
     for concept in task.retain:
         for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
-            keep.append(adapter.token_embeddings(text, adapter.token_positions(text, include_last)))
+            keep.append(adapter.token_embeddings(text, concept_positions(adapter, text, include_last=include_last,
+                                                                         include_padding=include_padding)))
     null = adapter.null_condition(1)[0].float()
     keep.append(null)  # every row of the unconditional branch, BOS included
     as_cols = lambda rows: torch.cat(rows).double().cpu().T.contiguous()  # noqa: E731
