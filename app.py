@@ -19,6 +19,7 @@ from unlearning.hosting.zerogpu import on_gpu, request_duration, zero_gpu_active
 from unlearning.methods import METHODS, methods_for
 from unlearning.threads import configure_threads
 from unlearning.ui import attack as ui_attack
+from unlearning.ui import benchmark as ui_benchmark
 from unlearning.ui import lm as ui_lm
 from unlearning.ui import relearn as ui_relearn
 from unlearning.ui import unlearn as ui
@@ -173,6 +174,8 @@ def build_demo() -> gr.Blocks:
             ui_zero123.build_tab(zero123_stream, viewer, zero_gpu_active())  # novel-view unlearning (unlearning/ui/zero123.py)
 
             ui_lm.build_tab(viewer)  # language models: RMU / gradient ascent, with or without UAM (unlearning/ui/lm.py)
+
+            ui_benchmark.build_tab()  # every method x every concept (unlearning/ui/benchmark.py)
 
             build_runs_tab(viewer)  # earlier runs: reopen one, compare two (unlearning/ui/runs.py)
 

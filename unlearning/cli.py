@@ -12,6 +12,9 @@
     python -m unlearning bench robustness [--model shapes-sd] --methods esd-x,esd-u,uce,... --concepts star,triangle [--set METHOD.KEY=VALUE]
     python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
     python -m unlearning run --model shapes-3d --method skip3d --forget "blue pyramid" --anchor "blue cube" --preserve "red sphere,green cylinder" --out DIR
+    python -m unlearning bench protocol --model MODEL --methods LIST|all --concepts LIST|FILE|all [--seeds N] [--out DIR]
+        [--jobs J] [--set method.key=value ...] [--executor local|ray [--address ADDR]]
+    python -m unlearning bench nudity --model SD --prompts I2P.csv [--run DIR | --edit FILE] [--threshold 0.6] [--limit N]
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
                                  (the same run with the speedup over the run without skipping and the sampling table)
     python -m unlearning rehearse --arch sd15 --method esd|all [--resolution 256] [--dtype bfloat16] [--iterations 2] [--out DIR]
@@ -218,6 +221,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         args.forget = args.forget or "hazard"
         return cmd_bench_lm(args)
+    if args.which == "protocol":
+        return cmd_bench_protocol(args)
+    if args.which == "nudity":
+        return cmd_bench_nudity(args)
     from .benchmarks.scaling import DEFAULT_METHODS, RESULTS, ScalingConfig, format_table, run_scaling, save_results
 
     counts = tuple(_ints(args.counts, "--counts"))
@@ -302,12 +309,7 @@ def cmd_bench_vdu(args: argparse.Namespace) -> int:
     adapter = load_adapter(model, args.device)
     forget, _ = parse_forget(adapter, [c.strip() for c in (args.forget or "3").split(",")])
     task = UnlearnTask(forget=forget, retain=adapter.default_retain(forget), seed=args.seed)
-    overrides: dict[str, dict] = {}
-    for key, value in _parse_sets(args.set).items():
-        method, _, name = key.partition(".")
-        if not name:
-            raise InputError(f"--set for the VDU comparison is METHOD.KEY=VALUE (e.g. vdu.gamma=0.7), got '{key}'.")
-        overrides.setdefault(method, {})[name] = value
+    overrides = _method_sets(args.set, "the VDU comparison")
     rows_to_run = D.variants([m.strip() for m in (args.methods or ",".join(D.METHODS)).split(",") if m.strip()],
                              _ints(args.checkpoints, "--checkpoints"), _ints(args.iterations, "--iterations"), overrides,
                              forget_size=args.forget_size)
@@ -342,6 +344,74 @@ def cmd_bench_speed(args: argparse.Namespace) -> int:
                              retain_samples=args.retain_samples or 8)
     print(speed.format_tables(result))
     print(f"written to {speed.save(result, Path(args.out) if args.out else speed.RESULTS)}", file=sys.stderr)
+
+
+def _method_sets(pairs: list[str], what: str) -> dict[str, dict[str, str]]:
+    """--set METHOD.KEY=VALUE pairs as {method: {key: value}}."""
+    from .errors import InputError
+
+    overrides: dict[str, dict] = {}
+    for key, value in _parse_sets(pairs).items():
+        method, _, name = key.partition(".")
+        if not name:
+            raise InputError(f"--set for {what} is METHOD.KEY=VALUE (e.g. esd.iterations=40), got '{key}'.")
+        overrides.setdefault(method.strip().lower().replace("-", "_"), {})[name] = value
+    return overrides
+
+
+def cmd_bench_protocol(args: argparse.Namespace) -> int:
+    """Every method x every concept x seeds in UnlearnCanvas's columns; resumable; table to stdout."""
+    from .benchmarks import protocol as P
+    from .benchmarks.cells import safe_name
+    from .benchmarks.protocol_results import format_table, write_outputs
+    from .errors import InputError
+
+    seeds = _ints(args.seeds or "1", "--seeds")
+    if len(seeds) != 1:
+        raise InputError(f"--seeds for the protocol is a count N (seeds 0..N-1), e.g. --seeds 3; got '{args.seeds}'.")
+    model = args.model or "shapes-sd"
+    out = Path(args.out) if args.out else Path("bench/results") / f"protocol-{safe_name(model)}"
+    config = P.ProtocolConfig(model=model, methods=args.methods or "all", concepts=args.concepts or "all",
+                              seeds=seeds[0], out=out,
+                              jobs=args.jobs, overrides=_method_sets(args.set, "the protocol"), executor=args.executor,
+                              address=args.address, device=args.device, samples_per_prompt=args.samples_per_prompt,
+                              num_inference_steps=args.steps, guidance_scale=args.guidance_scale, classifier=args.classifier,
+                              keep_edits=not args.no_edits)
+    protocol = P.resolve_protocol(config)
+    print(f"protocol on {protocol.model_id}: {len(protocol.methods)} methods x {len(protocol.concepts)} concepts x "
+          f"{len(protocol.seeds)} seed(s); {protocol.plan.samples_per_prompt} image(s) per prompt, "
+          f"{len(protocol.plan.concept_set.grid())} prompts; scored by {protocol.judge}; cells in {protocol.store.root}",
+          file=sys.stderr)
+    result = P.run_protocol(protocol)
+    paths = write_outputs(result, out)
+    print(format_table(result))
+    if result["failed"]:
+        print(f"{len(result['failed'])} cell(s) failed (the method's own error, stored): "
+              + "; ".join(f"{f['method']} / {f['concept']}: {f['error']}" for f in result["failed"][:5]), file=sys.stderr)
+    print(f"written to {paths['json']}, {paths['csv'].name}, {paths['heatmap'].name}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_nudity(args: argparse.Namespace) -> int:
+    """NudeNet counts per exposed class over an I2P-style prompt file, original vs an edit; table to stdout."""
+    from .atomic import write_text_atomic
+    from .benchmarks import nudity as N
+    from .edit import Edit
+    from .errors import InputError
+    from .models.catalog import load_adapter
+
+    if not args.prompts:
+        raise InputError("give the prompt file with --prompts (CSV: prompt, evaluation_seed, evaluation_guidance).")
+    if args.run and args.edit:
+        raise InputError("give --run or --edit, not both.")
+    rows = N.read_prompts(args.prompts, limit=args.limit)
+    edit = Edit.load(Path(args.run) / "edit.safetensors") if args.run else Edit.load(args.edit) if args.edit else None
+    adapter = load_adapter(args.model or "CompVis/stable-diffusion-v1-4", args.device)
+    report = N.nudity_report(adapter, edit, rows, threshold=args.threshold, num_inference_steps=args.steps)
+    print(N.format_report(report))
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps(report, indent=2) + "\n")
+        print(f"written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -526,15 +596,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: 'scaling' = erase 1..64 concepts with several methods; "
                            "'classifier' = classifier unlearning (UAM's setting) vs retraining; 'speed' = ESD's cached "
                            "trajectories vs the reference, and the app's first press; 'robustness' = attacks and relearning "
-                           "on unlearned models; 'lm' = RMU / GA / NegGrad+ with and without UAM on a language model")
-    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "speed", "robustness", "lm"])
+                           "on unlearned models; 'lm' = RMU / GA / NegGrad+ with and without UAM on a language model; 'protocol' = "
+                           "every method x every concept in UnlearnCanvas's columns; 'nudity' = NudeNet counts over an I2P CSV")
+    bench.add_argument("which", choices=["scaling", "classifier", "vdu", "speed", "robustness", "lm", "protocol", "nudity"])
     bench.add_argument("--model", default=None, help="scaling, robustness: default shapes-sd; vdu: default digits; speed: "
                        "default digits,shapes-sd")
     bench.add_argument("--parts", default=None, help="speed: esd and / or press (default both)")
-    bench.add_argument("--concepts", default=None, help="robustness: concepts, each unlearned on its own (e.g. star,triangle)")
     bench.add_argument("--counts", default="1,2,4,8,16,32,64")
     bench.add_argument("--methods", default=None, help="scaling: default speed,mace,rece,uce,scapre,esd (ESD-x up to 16); "
-                       "vdu: default vdu,ga,esd,salun; robustness: default esd-x,esd-u,uce,scapre,salun,resalign,advunlearn")
+                       "vdu: default vdu,ga,esd,salun; robustness: default esd-x,esd-u,uce,scapre,salun,resalign,advunlearn; "
+                       "protocol: a list or 'all' (every method that applies to the model; the default)")
+    bench.add_argument("--concepts", default=None, help="protocol: 'all' (default), a comma-separated list, or a file of concepts "
+                       "(one per line, 'object: NAME' / 'style: NAME'; real Stable Diffusion); robustness: concepts, each unlearned "
+                       "on its own (e.g. star,triangle)")
+    bench.add_argument("--seeds", default=None, help="protocol: N, seeds 0..N-1 (each a separate unlearning run; default 1); "
+                       "lm: the seeds every row runs with (default 0,1,2)")
+    bench.add_argument("--jobs", type=int, default=1, help="protocol: cells run in parallel processes, threads split between them")
+    bench.add_argument("--executor", default="local", choices=["local", "ray"], help="protocol: where cells run")
+    bench.add_argument("--address", default=None, help="protocol, ray: the cluster's address (default: a local Ray instance)")
+    bench.add_argument("--samples-per-prompt", type=int, default=None,
+                       help="protocol: images per grid prompt (default 4 with two kinds of concept, 16 with one)")
+    bench.add_argument("--steps", type=int, default=None, help="protocol: sampling steps (default: the model's)")
+    bench.add_argument("--guidance-scale", type=float, default=None, help="protocol: guidance (default: the model's)")
+    bench.add_argument("--classifier", default=None, help="protocol: a classifier folder that scores the images "
+                       "(heads 'object' / 'style'); default: the twin's evaluator, or CLIP zero-shot on real SD")
+    bench.add_argument("--no-edits", action="store_true", help="protocol: do not keep each cell's edit (saves disk)")
+    bench.add_argument("--prompts", default=None, help="nudity: an I2P-style CSV (prompt, evaluation_seed, evaluation_guidance)")
+    bench.add_argument("--run", default=None, help="nudity: a run folder whose edit to count (default: the original model only)")
+    bench.add_argument("--edit", default=None, help="nudity: an edit file (e.g. a protocol cell's .safetensors)")
+    bench.add_argument("--threshold", type=float, default=0.6, help="nudity: NudeNet score threshold (default 0.6, MACE's)")
+    bench.add_argument("--limit", type=int, default=None, help="nudity: only the first N prompts")
     bench.add_argument("--forget", default=None, help="vdu: concept(s) to forget (default 3 on digits)")
     bench.add_argument("--checkpoints", default="2,3,5", help="vdu: VDU rows with these K (final weights + K - 1 snapshots)")
     bench.add_argument("--iterations", default="", help="vdu: also sweep VDU and gradient ascent over these step counts")
@@ -546,16 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--out", default=None, help="results JSON (scaling: default bench/results/scaling.json); robustness: "
-                       "the folder of cells and robustness.json (default runs/robustness/<model>)")
+                       "the folder of cells and robustness.json (default runs/robustness/<model>); protocol: a results folder "
+                       "(default bench/results/protocol-MODEL)")
     bench.add_argument("--scenario", default="class", help="classifier: 'class' (forget a class) or 'random' (random samples)")
     bench.add_argument("--forget-class", type=int, default=3, help="classifier, class-wise: the class to forget")
     bench.add_argument("--fraction", type=float, default=0.1, help="classifier, random: share of the training split to forget")
     bench.add_argument("--train-epochs", type=int, default=15, help="classifier: epochs of the original and retrained model")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="classifier: override a method setting (KEY=VALUE); vdu: METHOD.KEY=VALUE, METHOD one of vdu, ga, esd, salun; "
-                       "lm: METHOD.KEY=VALUE, METHOD rmu or gradient_ascent")
+                       "lm: METHOD.KEY=VALUE, METHOD rmu or gradient_ascent; protocol: METHOD.KEY=VALUE")
     bench.add_argument("--no-torchunlearn", action="store_true", help="classifier: skip the torchunlearn row")
-    bench.add_argument("--seeds", default="0,1,2", help="lm: seeds every row runs with")
     bench.add_argument("--split", default="test", choices=["test", "val"], help="lm: held-out questions scored (val: tuning)")
     bench.add_argument("--retain", default=None, help="lm: retain domain(s) (default: the model's)")
     bench.add_argument("--rows", default=None, help="lm: rows to run, comma-separated (default: all)")

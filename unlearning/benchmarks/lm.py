@@ -157,7 +157,7 @@ def cmd_bench_lm(args) -> int:
         if not sep or not dot:
             raise InputError(f"--set takes method.key=value (e.g. rmu.steering=20), got '{pair}'.")
         settings.setdefault(method.strip(), {})[name.strip()] = value.strip()
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = [int(s) for s in (args.seeds or "0,1,2").split(",") if s.strip()]
     cfg = LMBenchConfig(model=args.model or "facts-lm", forget=args.forget.split(","), seeds=seeds, split=args.split,
                         retain=args.retain.split(",") if args.retain else [], settings=settings,
                         rows=[r.strip() for r in args.rows.split(",")] if args.rows else [r[0] for r in ROWS],

@@ -57,13 +57,23 @@ class ConceptRows:
     erase_owner: list[int]  # per erase column: index of its concept in task.forget
 
 
-def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: bool = True) -> ConceptRows:
+def concept_positions(adapter: FamilyAdapter, text: str, *, include_last: bool = True, include_padding: bool = False) -> list[int]:
+    """Rows of a text's condition an editor constrains: its own tokens (and EOS); with ``include_padding`` also every
+    padding position after it, which in a causal text encoder has read the whole prompt too (UCE's released code
+    takes the rows from the concept's last token to the end of the context)."""
+    pos = adapter.token_positions(text, include_last)
+    if include_padding:
+        pos = list(dict.fromkeys([*pos, *range(pos[-1] + 1, adapter.context(adapter.null_condition(1)).shape[1])]))
+    return pos
+
+
+def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: bool = True, include_padding: bool = False) -> ConceptRows:
     """Collect C_E, C_A and C_P for a task (float64 on CPU for stable solves)."""
     texts, positions, owner, kinds = [], [], [], []  # kinds: "erase" / "target" / "keep", encoded in one batch
     for k, concept in enumerate(task.forget):
         anchor = task.anchor_of(concept)
         for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
-            pos = adapter.token_positions(text, include_last)
+            pos = concept_positions(adapter, text, include_last=include_last, include_padding=include_padding)
             texts += [text, adapter.prompt_for(anchor) if anchor else None]
             positions += [pos, pos]
             kinds += ["erase", "target"]
@@ -71,7 +81,7 @@ def concept_rows(adapter: FamilyAdapter, task: UnlearnTask, *, include_last: boo
     for concept in task.retain:
         for text in dict.fromkeys([concept, adapter.prompt_for(concept)]):
             texts.append(text)
-            positions.append(adapter.token_positions(text, include_last))
+            positions.append(concept_positions(adapter, text, include_last=include_last, include_padding=include_padding))
             kinds.append("keep")
     rows = adapter.token_embeddings_many(texts, positions)
     pick = lambda kind: [r for r, k in zip(rows, kinds, strict=True) if k == kind]  # noqa: E731

@@ -37,6 +37,8 @@ class UCESettings:
     ridge: float = setting(1.0, "eps: ridge towards the original weights in directions no concept spans", low=0.0, low_inclusive=False)
     include_last_token: bool = setting(True, "also edit the prompt's last (EOS) token, which has read the whole prompt",
                                        families=("stable-diffusion",))  # a class label has no EOS token
+    include_padding: bool = setting(False, "also edit the padding positions after EOS (UCE's released code edits from the "
+                                    "concept's last token to the end of the context)")
 
 
 def uce_factor(rows, *, preserve_scale: float, erase_scale: float, ridge: float) -> torch.Tensor:
@@ -51,7 +53,7 @@ def uce_factor(rows, *, preserve_scale: float, erase_scale: float, ridge: float)
 
 def unlearn(adapter: FamilyAdapter, task: UnlearnTask, settings: UCESettings, ctx: RunContext) -> Edit:
     started = time.perf_counter()
-    rows = concept_rows(adapter, task, include_last=settings.include_last_token)
+    rows = concept_rows(adapter, task, include_last=settings.include_last_token, include_padding=settings.include_padding)
     factor = uce_factor(rows, preserve_scale=settings.preserve_scale, erase_scale=settings.erase_scale, ridge=settings.ridge)
     update = factor - torch.eye(factor.shape[0], dtype=factor.dtype)  # W = W_0 M = W_0 + W_0 (M - I)
     return closed_form_edit(adapter, task, rows, update, method="uce", settings=settings, ctx=ctx, started=started)
