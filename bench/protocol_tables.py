@@ -4,7 +4,7 @@
 
 Columns in UnlearnCanvas's order as protocol.csv has them (style = colours, object = shapes on shapes-sd; digits have
 one kind, objects), each UA / IRA / CRA as the mean in % with its 95 % Student-t interval over the measured cells;
-columns no row has (CRA and style on digits) are left out. Then the measured and missing cells of every method.
+columns no row has (CRA and style on digits) are left out. With two kinds, the UA over all concepts beside them. Then the measured and missing cells of every method.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def table(result: dict) -> str:
     for method, e in summary.items():
         cells = [pct(by_kind[k].get(method, {}), m) for k in kinds for m in ("ua", "ira", "cra")]
         worst = "" if e.get("worst_concept") is None else f"{e['worst_concept']} ({100 * e['worst_ua']:.1f})"
-        rows.append([method, *cells, num(e.get("fid")), num(e.get("unlearn_s"), fmt="{:.3g}"),
+        rows.append([method, *cells, pct(e, "ua") if len(kinds) > 1 else "", num(e.get("fid")), num(e.get("unlearn_s"), fmt="{:.3g}"),
                      num(e.get("peak_mem_bytes"), 1e-9, "{:.3f}"), num(e.get("edit_bytes"), 1e-9, "{:.6f}"), worst,
                      str(e.get("n", 0))])
-    header = ["Method", *head, "FID (evaluator)", "Time (s)", "Memory (GB)", "Storage (GB)", "Worst concept (UA %)", "Cells"]
+    header = ["Method", *head, "UA, all concepts (%)", "FID (evaluator)", "Time (s)", "Memory (GB)", "Storage (GB)", "Worst concept (UA %)", "Cells"]
     keep = [i for i in range(len(header)) if i == 0 or any(r[i] for r in rows)]
     lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in keep) + "|"]
     lines += ["| " + " | ".join(r[i] or "-" for i in keep) + " |" for r in rows]
