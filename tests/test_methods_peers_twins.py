@@ -62,7 +62,7 @@ def digits():
     return load_adapter("digits", "cpu")
 
 
-@pytest.mark.parametrize("method", ["speed", "rece"])
+@pytest.mark.parametrize("method", ["speed"])  # RECE on "3" too (bench/peer_twins.py); kept out for the suite's time
 def test_peer_method_forgets_the_digit(digits, method):
     retain = [c for c in digits.concepts() if c != "3"]
     f0, r0 = rates(digits, digits.unet, "3", retain, per_retain=2)

@@ -64,10 +64,11 @@ def test_closed_form_settings_from_text(method):
 
 @pytest.mark.parametrize("method", ITERATIVE)
 def test_strings_are_converted_to_the_field_types(method):
-    s = METHODS[method].settings(None, {"iterations": "5", "lr": "1e-3"})
+    extra = {"warmup": "1"} if method == "advunlearn" else {}  # its attack starts after warm-up (< iterations)
+    s = METHODS[method].settings(None, {"iterations": "5", "lr": "1e-3", **extra})
     assert s.iterations == 5 and type(s.iterations) is int
     assert s.lr == 0.001 and type(s.lr) is float
-    assert METHODS[method].settings(None, {"iterations": "1e2"}).iterations == 100  # a whole number in float form
+    assert METHODS[method].settings(None, {"iterations": "1e2", **extra}).iterations == 100  # a whole number in float form
 
 
 @pytest.mark.parametrize(("method", "name"), fields_of_type("bool"))

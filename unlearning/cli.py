@@ -70,23 +70,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_and_report(request, out: Path | None) -> dict:
-    """prepare + execute with progress on stderr; the final metrics."""
-    from .runner import execute, prepare, run_to_folder
+    """prepare + the runner's run_to_folder with progress on stderr; the final metrics. Without ``out`` the run folder
+    is written to a scratch folder and not kept."""
+    import tempfile
+
+    from .runner import prepare, run_to_folder
 
     run = prepare(request)
     print(f"{run.spec.label} on {run.model_id} ({run.adapter.device}, {str(run.adapter.dtype).replace('torch.', '')}): "
           f"forget {', '.join(run.task.forget)}", file=sys.stderr)
     last_pct, metrics = -1, {}
-    for event in (run_to_folder(run, out) if out is not None else execute(run, out_dir=None)):
-        if event.kind == "train":
-            pct = 100 * event.step.step // event.step.total
-            if pct // 10 != last_pct // 10 or event.step.step == event.step.total:
-                print(f"  step {event.step.step}/{event.step.total}  loss {event.step.loss:.4f}", file=sys.stderr)
-                last_pct = pct
-        elif event.kind == "done":
-            metrics = event.state.metrics
-            if event.folder is not None:
-                print(f"run written to {event.folder}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="unlearning-run-") as scratch:
+        for event in run_to_folder(run, out if out is not None else Path(scratch) / "run"):
+            if event.kind == "train":
+                pct = 100 * event.step.step // event.step.total
+                if pct // 10 != last_pct // 10 or event.step.step == event.step.total:
+                    print(f"  step {event.step.step}/{event.step.total}  loss {event.step.loss:.4f}", file=sys.stderr)
+                    last_pct = pct
+            elif event.kind == "done":
+                metrics = event.state.metrics
+    if out is not None:
+        print(f"run written to {out}", file=sys.stderr)
     return metrics
 
 

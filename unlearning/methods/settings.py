@@ -101,7 +101,11 @@ def build_settings(settings_cls: type, base: dict[str, Any], overrides: dict[str
 
 # ---- memory settings of the training methods (read by methods.base.Memory) -------------------------
 
-def mixed_precision_setting():
+def mixed_precision_setting(fp16: bool = True):
+    """``fp16=False`` for a method without loss scaling: it offers no and bf16 only."""
+    if not fp16:
+        return setting("no", "autocast: run the UNet's matrix products in bf16 (also on CPU); trained weights, the optimiser "
+                       "and the loss stay float32 (no fp16: this method has no loss scaling)", choices=("no", "bf16"))
     return setting("no", "autocast: run the UNet's matrix products in fp16 or bf16 (also on CPU); trained weights, the optimiser "
                    "and the loss stay float32, frozen weights are read in the base model's dtype without a copy (fp16: with "
                    "loss scaling)", choices=("no", "fp16", "bf16"))

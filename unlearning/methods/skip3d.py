@@ -114,13 +114,11 @@ class Skip3DSettings:
     generator: str = setting("last-step", "how G makes x_g: its x0-prediction, with gradients, from a random step of its own "
                              "cached DDIM trajectory ('trajectory') or from the last step only ('last-step', default)",
                              choices=("trajectory", "last-step"))
-    mixed_precision: str = mixed_precision_setting()
+    mixed_precision: str = mixed_precision_setting(fp16=False)  # G's and S_f's losses have no loss scaling
     gradient_checkpointing: bool = checkpointing_setting()
     lora_rank: int = lora_setting()
 
     def check(self) -> None:
-        if self.mixed_precision == "fp16":
-            raise InputError("skip3d has no loss scaling for fp16 autocast: use mixed_precision=bf16 (or no).")
         for name in ("skip", "skip_near", "skip_far") if self.dynamic else ("skip",):
             if getattr(self, name) >= self.steps:
                 raise InputError(f"setting '{name}' ({getattr(self, name)}) must be below the number of steps ({self.steps}): "

@@ -230,7 +230,8 @@ def build_tab(viewer=None) -> None:
     model0 = models[0][1]
     domains, forget0, retain0 = domain_choices(model0)
     methods = method_choices()
-    method0 = methods[0][1] if methods else None
+    names = [name for _, name in methods]
+    method0 = "rmu" if "rmu" in names else (names[0] if names else None)  # the paper's method first
     specs = lm_methods()
     controls = setting_controls(model0, specs=specs)
     with gr.Tab("Language model"):
