@@ -52,6 +52,11 @@ REHEARSAL_SETTINGS: dict[str, dict[str, Any]] = {
     "salun": {"data_size": 8, "saliency_batches": 1},
     "vdu": {"forget_size": 8, "num_checkpoints": 2, "snapshot_steps": 1},
     "resalign": {"data_size": 2, "num_configs": 4, "configs_per_step": 2, "ft_steps": "2", "richardson_steps": 2},
+    # warm-up 1 of 2 iterations: the second runs the attack (paper: 200 of 1,000); 2 inner attack steps instead of 30
+    "advunlearn": {"warmup": 1, "attack_steps": 2},
+    "ca": {"anchor_images": 8},
+    "mace": {"images_per_concept": 2},
+    "fmn": {"data_size": 2},
 }
 
 # Published GPU memory of the same methods on SD 1.x (compared in docs/rehearsal.md).
@@ -299,8 +304,9 @@ def _compare_batch(adapter, edit, task, clip_folder: Path) -> dict:
 
     plan = plan_comparison(adapter, task, forget_samples=1, retain_samples=1, num_inference_steps=SAMPLING_STEPS, batch_size=2)
     t0 = time.perf_counter()
+    edited_adapter, edited = adapter.edited(edit)  # as a run does: AdvUnlearn's edit is the text encoder's
     with _env("UNLEARNING_CLIP", str(clip_folder)):
-        state = next(iter(iter_comparison(adapter, edit.apply_to_copy(adapter.unet), plan, task)))
+        state = next(iter(iter_comparison(adapter, edited, plan, task, edited_adapter=edited_adapter)))
     compare_s = time.perf_counter() - t0
     images = torch.stack(state.original + state.unlearned)
     t0 = time.perf_counter()
