@@ -165,14 +165,15 @@ def vae_round_trip(vae: AutoencoderKL | None, images01: torch.Tensor) -> torch.T
     return ((torch.cat(out).clamp(-1, 1) + 1) / 2).float()
 
 
-def train_evaluator(*, n_train: int, epochs: int, seed: int, vae: AutoencoderKL | None = None) -> tuple[ImageClassifier, dict]:
+def train_evaluator(*, n_train: int, epochs: int, seed: int, vae: AutoencoderKL | None = None,
+                    test_size: int = 2000) -> tuple[ImageClassifier, dict]:
     """Shape + colour classifier. Its training images vary the background and foreground shades the
     captions do not name, and half of them went through the twin's VAE, so it judges generated images
     (slightly soft, tinted backgrounds) by shape and colour rather than by pixel-exact rendering.
     Held-out accuracy is reported on plain renders and on VAE round trips."""
     torch.manual_seed(seed)
     images, specs = data.dataset(n_train, seed=seed + 101, tint=EVALUATOR_TINT)
-    test_images, test_specs = data.dataset(2000, seed=seed + 202)
+    test_images, test_specs = data.dataset(test_size, seed=seed + 202)
     x, (ys, yc) = to_tensor(images) * 0.5 + 0.5, label_arrays(specs)
     if vae is not None:
         half = torch.arange(n_train) % 2 == 0
@@ -218,12 +219,13 @@ def fit_shape_colour_evaluator(x, ys, yc, heads, xt, yst, yct, *, epochs: int, s
 
 
 # ---- VAE ------------------------------------------------------------------------------------------
-def train_vae(*, minutes: float, max_steps: int, batch_size: int, seed: int, kl_weight: float = 3e-4) -> tuple[AutoencoderKL, dict]:
+def train_vae(*, minutes: float, max_steps: int, batch_size: int, seed: int, kl_weight: float = 3e-4,
+              pool_size: int = 20000, test_size: int = 1000) -> tuple[AutoencoderKL, dict]:
     torch.manual_seed(seed)
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=1e-5)
     rng = np.random.default_rng(seed + 7)
-    pool, _ = data.dataset(20000, seed=seed + 7)
+    pool, _ = data.dataset(pool_size, seed=seed + 7)
     pool = to_tensor(pool)
     t0, step, losses = time.perf_counter(), 0, []
     while step < max_steps and time.perf_counter() - t0 < minutes * 60:
@@ -245,7 +247,7 @@ def train_vae(*, minutes: float, max_steps: int, batch_size: int, seed: int, kl_
         if step % 200 == 0:
             log.info("vae step %d mse %.5f kl %.3f (%.0f s)", step, float(np.mean(losses[-200:])), kl.item(), time.perf_counter() - t0)
     vae.eval()
-    test, _ = data.dataset(1000, seed=seed + 303)
+    test, _ = data.dataset(test_size, seed=seed + 303)
     test = to_tensor(test)
     with torch.no_grad():
         test_mse = float(F.mse_loss(vae.decode(vae.encode(test).latent_dist.mean).sample, test))
@@ -371,13 +373,16 @@ def probe(ema, params, unet, text_encoder, tokenizer, vae, evaluator, prompts, w
 
 
 def train_twin(out: Path, *, vae_minutes: float, unet_minutes: float, vae_steps: int, unet_steps: int, batch_size: int, n_images: int,
-               evaluator_images: int, evaluator_epochs: int, seed: int, workdir: Path | None) -> dict:
+               evaluator_images: int, evaluator_epochs: int, seed: int, workdir: Path | None, smoke: bool = False) -> dict:
+    """``smoke``: small data pools and test sets too (the test suite's check that the script writes a loadable folder)."""
     t_start = time.perf_counter()
-    vae, vae_report = train_vae(minutes=vae_minutes, max_steps=vae_steps, batch_size=64, seed=seed)
+    sizes = {"pool_size": 512, "test_size": 64} if smoke else {}
+    vae, vae_report = train_vae(minutes=vae_minutes, max_steps=vae_steps, batch_size=64, seed=seed, **sizes)
     for p in vae.parameters():
         p.requires_grad_(False)
     t_eval = time.perf_counter()
-    evaluator, eval_acc = train_evaluator(n_train=evaluator_images, epochs=evaluator_epochs, seed=seed, vae=vae)
+    evaluator, eval_acc = train_evaluator(n_train=evaluator_images, epochs=evaluator_epochs, seed=seed, vae=vae,
+                                          **({"test_size": 64} if smoke else {}))
     t_eval = time.perf_counter() - t_eval
     tokenizer = build_tokenizer()
     unet, text_encoder, unet_report = train_unet(
@@ -573,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
             args.workdir.mkdir(parents=True, exist_ok=True)
         if args.smoke:
             report = train_twin(args.out, vae_minutes=1, unet_minutes=1, vae_steps=4, unet_steps=4, batch_size=8, n_images=500,
-                                evaluator_images=256, evaluator_epochs=1, seed=args.seed, workdir=None)
+                                evaluator_images=256, evaluator_epochs=1, seed=args.seed, workdir=None, smoke=True)
         else:
             report = train_twin(args.out, vae_minutes=args.vae_minutes, unet_minutes=args.minutes, vae_steps=3000, unet_steps=args.steps,
                                 batch_size=args.batch_size, n_images=40000, evaluator_images=20000, evaluator_epochs=6, seed=args.seed,
