@@ -113,7 +113,6 @@ def cmd_relearn(args: argparse.Namespace) -> int:
         if report.step == report.total or report.step % max(1, report.total // 10) == 0:
             print(f"  step {report.step}/{report.total}  loss {report.loss:.4f}", file=sys.stderr)
 
-    folder = Path(args.run)
     for event in relearn_run(folder, _parse_sets(args.set), device=args.device, ctx=RunContext(on_step)):
         if event.kind == "finetune":
             print(f"relearning test ({event.settings.mode}) on {event.run.model_id}: {event.run.spec.name} edit forgetting "

@@ -5,6 +5,7 @@ Every handler is a plain function of plain values, so it can be tested without a
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -343,15 +344,15 @@ def export_from_run(run_folder: str | None, name: str, write) -> tuple[Path | No
 def export_model(run_folder: str | None) -> tuple[str | None, str]:
     """Write the last run's unlearned model as a full model folder inside its run folder; return (a zip of it for
     small models, a status line)."""
-    from ..edit import Edit
-    from ..export import export_diffusers, pipeline_setting_note
+    from ..export import export_diffusers
 
     out, problem = export_from_run(run_folder, "model", export_diffusers)
     if out is None:
         return None, problem
-    edit_file = Path(run_folder) / "edit.safetensors"
-    edit = Edit.load(edit_file) if edit_file.is_file() else None
-    note = f" **{pipeline_setting_note(edit)}**" if edit is not None and edit.sampling else ""
+    # a sampling-time edit (SLD): the export recorded why it holds the base weights; no second load of the edit
+    info_file = out / "unlearning_edit.json"
+    written = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    note = f" **{written['note']}**" if written.get("note") else ""
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     loader = ("StableDiffusionPipeline.from_pretrained" if (out / "text_encoder").exists()
               else "unlearning.models.zero123.Zero123.from_pretrained or this app" if (out / "cc_projection").exists()
