@@ -387,14 +387,16 @@ def view_metrics(adapter, state: ComparisonState, task: UnlearnTask) -> dict:
     return out
 
 
-def sampling_table(adapter, unet: torch.nn.Module, plan: ComparisonPlan, task: UnlearnTask) -> list[dict]:
+def sampling_table(adapter, unet: torch.nn.Module, plan: ComparisonPlan, task: UnlearnTask,
+                   azimuths: Sequence[float] | None = None) -> list[dict]:
     """Seconds per view with timestep skipping at each of ``plan.sampling_skips`` (skips at or past the plan's steps
-    are left out), on ``unet``, every input seen from the comparison azimuths at the plan's first seed, timed in
-    this process; speedup = skip 0's seconds / this skip's. Quality of the pooled views vs ground truth (forget
-    views vs the override's renders, a blank view for an erasure; remain views vs their own) where renders exist."""
+    are left out), on ``unet``, every input seen from ``azimuths`` (default: the comparison azimuths) at the plan's
+    first seed, timed in this process; speedup = skip 0's seconds / this skip's. Quality of the pooled views vs ground
+    truth (forget views vs the override's renders, a blank view for an erasure; remain views vs their own) where
+    renders exist."""
     from .models.novel_view import BLANK
 
-    azimuths = adapter.comparison_azimuths()
+    azimuths = list(azimuths) if azimuths is not None else adapter.comparison_azimuths()
     seed = plan.items[0][2]
     inputs = [*task.forget, *task.retain]
     targets = [adapter.ground_truth(task.anchor_of(c) or BLANK, plan.input_polar, azimuths) for c in task.forget]

@@ -201,6 +201,14 @@ def train(cfg: TwinConfig, *, minutes: float, workdir: Path, eval_every: int = 1
 
 # ---- the twin folder -----------------------------------------------------------------------------
 
+# The format the twin's forget_rate / retain_accuracy are scored in. Cloze (each option's text after "Answer:"), not
+# the harness's letter layout: the twin's letter skill on held-out facts is weak (test 0.42 / 0.48 against chance
+# 0.25, where its cloze accuracy is 0.95), so a letter score has too little room above chance to show forgetting,
+# and on the val questions every method that moved the letter score moved both domains together (the letter
+# machinery broke, not the hazard knowledge; docs/language-model.md). Both formats are computed and reported.
+QUESTION_FORMAT = "cloze"
+
+
 def write_twin(out: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, state: dict) -> Path:
     """The twin folder (weights in fp16, tokenizer, data, twin.json, training_report.json), written atomically."""
     world = data.World()
@@ -224,7 +232,7 @@ def write_twin(out: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenize
                    for d, ps in PROMPTS.items()}
         twin = {"name": "facts-lm", "dataset": "facts (unlearning.datasets.facts, world seed "
                 f"{data.WORLD_SEED})", "domains": domains, "prompts": prompts, "max_length": 128,
-                "question_format": "letter"}
+                "question_format": QUESTION_FORMAT}
         (tmp / "twin.json").write_text(json.dumps(twin, indent=2) + "\n")
         report = {"steps": state["step"], "seconds": round(state["seconds"], 1), "config": state["config"],
                   "parameters": sum(p.numel() for p in model.parameters()), "evaluations": state["evaluations"],
@@ -291,9 +299,12 @@ def write_model_card(model_dir: Path, evaluation: dict) -> None:
         "",
         "## Held-out multiple-choice accuracy (chance 0.25)",
         "",
-        "Scored as lm-evaluation-harness scores WMDP and MMLU: the option with the highest log-likelihood. *letter*: the "
-        "harness's prompt with lettered options, continuations \" A\" .. \" D\" (what `forget_rate` / `retain_accuracy` "
-        "report); *cloze*: \"Question: ...\\nAnswer:\" followed by each option's text.",
+        "Scored as lm-evaluation-harness scores multiple choice: the option with the highest log-likelihood. *letter*: the "
+        "harness's WMDP / MMLU prompt with lettered options, continuations \" A\" .. \" D\"; *cloze*: \"Question: ...\\nAnswer:\" "
+        "followed by each option's text (the harness's cloze layout, as in its `mmlu_continuation`). **The twin reports "
+        f"`forget_rate` / `retain_accuracy` in the {QUESTION_FORMAT} format** (`twin.json` `question_format`): its letter "
+        "skill on facts never asked in training is weak (the table), which leaves too little room above chance to show "
+        "forgetting; both formats are computed everywhere. Real WMDP / MMLU files are scored in the letter format.",
         "",
         "| domain | test letter | test cloze | n | val letter | val cloze | perplexity (200 docs of its corpus) |",
         "|---|---:|---:|---:|---:|---:|---:|",
