@@ -205,6 +205,10 @@ def test_text_comparison_streams_and_scores(adapter):
     edit = run(adapter, "rmu")
     plan = plan_text_comparison(adapter, task, questions_per_domain=6, prompts=["the city of"], batch_size=4)
     assert [g for g, _, _ in plan.questions] == ["forget"] * 4 + ["retain"] * 4 + ["forget"] * 2 + ["retain"] * 2
+    # a subset is spread through the question file (files are grouped by attribute), not its first six questions
+    hazard = sorted(i for g, _, i in plan.questions if g == "forget")
+    n = len(adapter.domain("hazard").questions)
+    assert len(set(hazard)) == 6 and hazard[0] == 0 and hazard[-1] >= n - n // 6 - 1
     states = [json.loads(json.dumps(s.metrics)) for s in iter_text_comparison(adapter, edit.params, plan, task, 1.0)]
     assert states[0]["samples"]["done"] == 0 and states[-1]["samples"]["done"] == 12
     final = states[-1]

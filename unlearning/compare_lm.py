@@ -48,13 +48,16 @@ class TextPlan:
 
 def plan_text_comparison(adapter, task: UnlearnTask, *, questions_per_domain: int | None = None, prompts: list[str] | None = None,
                          seed: int = 0, fmt: str | None = None, batch_size: int = 8) -> TextPlan:
-    """Every held-out question of each domain (or the first ``questions_per_domain``), forget and retain
-    batches interleaved so both columns fill in together; the twin's demo prompts when none are given."""
+    """Every held-out question of each domain (or ``questions_per_domain`` of them, evenly spaced through the file:
+    question files are often grouped by topic or attribute, and the first N would all ask the same kind of thing),
+    forget and retain batches interleaved so both columns fill in together; the twin's demo prompts when none are
+    given."""
     groups = {"forget": [], "retain": []}
     for group, domains in (("forget", task.forget), ("retain", task.retain)):
         for d in domains:
             n = len(adapter.domain(d).questions)
-            groups[group] += [(group, d, i) for i in range(min(n, questions_per_domain or n))]
+            k = min(n, questions_per_domain or n)
+            groups[group] += [(group, d, i * n // k) for i in range(k)]
     order = []
     f, r = groups["forget"], groups["retain"]
     for start in range(0, max(len(f), len(r)), batch_size):
