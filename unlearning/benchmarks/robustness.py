@@ -40,7 +40,10 @@ VARIANTS: dict[str, tuple[str, dict, dict[str, dict]]] = {
     "esd-x": ("esd", {"variant": "x"}, {}),
     # ESD's twin lr (3e-3, tuned for ESD-x) wrecks the digits model with ESD-u (retain accuracy 0.08-0.19); 1e-4 from the
     # held-out digit 1 (bench/results/robustness_tuning_digits.json: UA 1.00, retain 0.89, evaluator-FID 8.7)
-    "esd-u": ("esd", {"variant": "u"}, {"digits": {"lr": 1e-4}}),
+    # shapes-sd, held-out "heart" (bench/results/robustness_tuning_shapes-sd.json): lr 1e-3 erases (UA 0.94) by wrecking
+    # the model (retain 0.11, evaluator-FID 99); 3e-4 UA 0.50, retain 0.71; 1e-4 UA 0.19, retain 0.82: 3e-4 is the
+    # largest lr that keeps the model a model
+    "esd-u": ("esd", {"variant": "u"}, {"digits": {"lr": 1e-4}, "shapes-sd": {"lr": 3e-4}}),
 }
 DEFAULT_METHODS = ("esd-x", "esd-u", "uce", "scapre", "salun", "resalign", "advunlearn")
 # The 2-shot relearning attack: two images of the concept among 4 of each retained concept; the digits twin's tuned
