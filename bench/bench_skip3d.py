@@ -74,6 +74,9 @@ def main() -> None:
     adapter = load_adapter(args.model)
     spec = get_method("skip3d")
     model_id = args.model if args.model in spec.tuned else None
+    user = parse_overrides(args.set)  # every run's settings (e.g. the training grid)
+    spec.settings(model_id, {"n_ref": args.n_ref, **user})  # an unknown or out-of-range --set fails here, before any sampling
+    sampled = azimuth_grid(args.sampling_step) if args.sampling_step else None  # the sampling table's views
     task = UnlearnTask(forget=["blue pyramid"], retain=["red sphere", "green cylinder", "orange torus"], anchor="blue cube",
                        seed=args.seed, input_polar=75.0)
     plan = plan_comparison(adapter, task, forget_samples=8, retain_samples=8, seed=args.seed, sampling_skips=SAMPLING_SKIPS,
@@ -88,8 +91,6 @@ def main() -> None:
         metrics = score(adapter, ComparisonState(plan, original, unlearned), task)
         return settings, edit, edited, quality(metrics)
 
-    user = parse_overrides(args.set)
-    sampled = azimuth_grid(args.sampling_step) if args.sampling_step else None
     rows, sampling, first = [], None, None
     t0 = time.perf_counter()
     for i, k in enumerate(skips):
