@@ -385,7 +385,13 @@ def cmd_bench_protocol(args: argparse.Namespace) -> int:
           f"{len(protocol.seeds)} seed(s); {protocol.plan.samples_per_prompt} image(s) per prompt, "
           f"{len(protocol.plan.concept_set.grid())} prompts; scored by {protocol.judge}; cells in {protocol.store.root}",
           file=sys.stderr)
-    result = P.run_protocol(protocol)
+    if args.collect:  # the table of what is stored; missing cells are listed in protocol.json, not run
+        result = P.collect(protocol)
+        if not result["rows"] and not result["original"]["rows"]:
+            raise InputError(f"--collect found no measured cells for these methods and concepts under {protocol.store.root}; "
+                             "run the command without --collect first.")
+    else:
+        result = P.run_protocol(protocol)
     paths = write_outputs(result, out)
     print(format_table(result))
     if result["failed"]:
@@ -624,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--classifier", default=None, help="protocol: a classifier folder that scores the images "
                        "(heads 'object' / 'style'); default: the twin's evaluator, or CLIP zero-shot on real SD")
     bench.add_argument("--no-edits", action="store_true", help="protocol: do not keep each cell's edit (saves disk)")
+    bench.add_argument("--collect", action="store_true", help="protocol: write the table, protocol.json and heatmap from the "
+                       "cells already stored in --out (missing cells are listed, nothing runs)")
     bench.add_argument("--prompts", default=None, help="nudity: an I2P-style CSV (prompt, evaluation_seed, evaluation_guidance)")
     bench.add_argument("--run", default=None, help="nudity: a run folder whose edit to count (default: the original model only)")
     bench.add_argument("--edit", default=None, help="nudity: an edit file (e.g. a protocol cell's .safetensors)")
