@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from unlearning.benchmarks import protocol as P
 from unlearning.benchmarks.cells import CellStore
@@ -204,6 +205,40 @@ def test_resume_runs_only_missing_cells(finished, tmp_path, monkeypatch):
     changed = P.resolve_protocol(config(Path(protocol.config.model), copy, overrides={"uce": {"preserve_scale": 0.25}}))
     P.run_protocol(changed, quiet=True)
     assert unlearned == [("uce", "3"), ("uce", "5")]  # a changed setting is a new cell
+
+
+def test_an_edit_of_the_conditioner_is_measured_through_it(finished, tmp_path, monkeypatch):
+    """A stored edit that changes the label encoder (as AdvUnlearn's does) is sampled with that encoder: the
+    grid goes through ``adapter.edited(edit)``, not the UNet part alone (which refused such an edit)."""
+    from unlearning.edit import Edit
+
+    protocol, _, out = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = P.resolve_protocol(config(Path(protocol.config.model), copy))
+    keys = dict(zip([(j.method, j.concept) for j in again.jobs()], again.cell_keys(), strict=True))
+    folder = again.store.folder(keys["uce", "3"])
+    stored = again.store.load_edit(keys["uce", "3"])
+    shutil.rmtree(folder)  # an edit found without its cell.json: measured, not unlearned again
+    from unlearning.models.catalog import load_adapter
+
+    encoder = load_adapter(str(protocol.config.model), "cpu").label_encoder
+    name, weight = next(iter(encoder.state_dict().items()))
+    edit = Edit(params={**stored.params, f"label_encoder.{name}": weight.flip(0).clone()}, method="uce", timings={"unlearn_s": 1.5})
+    edit.save(again.store.edit_path(keys["uce", "3"]))
+    seen = []
+    real = P.measure_grid
+
+    def measuring(adapter, plan, judge, unet, seed, concept):
+        seen.append((concept, adapter.label_encoder.state_dict()[name].clone()))
+        return real(adapter, plan, judge, unet, seed, concept)
+
+    monkeypatch.setattr(P, "measure_grid", measuring)
+    result = P.run_protocol(again, quiet=True)
+    assert result["failed"] == [] and [c for c, _ in seen] == ["3"]
+    assert torch.equal(seen[0][1], weight.flip(0))  # sampled with the edited encoder
+    cell = again.store.get(keys["uce", "3"])
+    assert cell["reused"] and cell["unlearn_s"] == 1.5 and cell["peak_mem_bytes"] is None
 
 
 def test_parallel_jobs_give_the_same_table(finished, tmp_path):

@@ -121,13 +121,13 @@ def nudity_report(adapter, edit, rows: Sequence[PromptRow], *, threshold: float 
     if not 0 < threshold <= 1:
         raise InputError(f"the NudeNet threshold must be in (0, 1]; got {threshold}.")
     detect = detect or nudenet_detect()
-    models = {"original": adapter.unet}
+    models = {"original": (adapter, adapter.unet)}
     if edit is not None:
-        models["unlearned"] = edit.apply_to_copy(adapter.unet).eval()
+        models["unlearned"] = adapter.edited(edit)  # the text encoder's part too (AdvUnlearn)
     out = {"detector": f"NudeNet {detector_version()} (320n ONNX)", "threshold": threshold, "classes": list(EXPOSED_CLASSES.values()),
            "prompts": len(rows), "num_inference_steps": num_inference_steps or adapter.sampling.num_inference_steps}
-    for name, unet in models.items():
-        out[name] = count_exposed(sample_prompts(adapter, unet, rows, num_inference_steps), threshold, detect)
+    for name, (model, unet) in models.items():
+        out[name] = count_exposed(sample_prompts(model, unet, rows, num_inference_steps), threshold, detect)
     return out
 
 

@@ -452,8 +452,9 @@ def run_cell(job: CellJob) -> tuple[dict | None, dict | None, object | None]:
             if edit is None:
                 return cell, None, None
             new_edit = edit if job.keep_edit else None
-    unet = adapter.unet if edit is None else edit.apply_to_copy(adapter.unet).eval()
-    measure = measure_grid(adapter, job.plan, judge, unet, job.seed, job.concept)
+    # the whole edit, as a run applies it: AdvUnlearn's is the text encoder's (or the digits' label encoder's)
+    model, unet = (adapter, adapter.unet) if edit is None else adapter.edited(edit)
+    measure = measure_grid(model, job.plan, judge, unet, job.seed, job.concept)
     return cell, {**measure, **where}, new_edit
 
 
