@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from unlearning.atomic import write_text_atomic
-from unlearning.methods import METHODS
-from unlearning.methods.base import RunContext, UnlearnTask
-from unlearning.models.catalog import load_adapter
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from unlearning.atomic import write_text_atomic  # noqa: E402
+from unlearning.methods import METHODS  # noqa: E402
+from unlearning.methods.base import RunContext, UnlearnTask  # noqa: E402
+from unlearning.models.catalog import load_adapter  # noqa: E402
 
 SHAPES_RETAIN = ["circle", "square", "triangle", "heart", "cross", "ring", "diamond"]
 

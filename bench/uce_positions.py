@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from unlearning.models.catalog import load_adapter
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from unlearning.models.catalog import load_adapter  # noqa: E402
 
 VARIANTS = ("full", "no padding", "padding only", "no shape word")
 
