@@ -248,27 +248,25 @@ def test_parallel_jobs_give_the_same_table(finished, tmp_path):
                                 for r, p in zip(result["rows"], parallel["rows"], strict=True)]
 
 
-def test_cli_protocol_and_its_errors(tiny_model, tmp_path, capsys):
+def test_cli_protocol_and_its_errors(tiny_model, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cli"
     args = ["bench", "protocol", "--model", str(tiny_model), "--methods", "uce", "--concepts", "3", "--out", str(out),
             "--samples-per-prompt", "1", "--steps", "2", "--device", "cpu"]
     assert main(args) == 0
     printed = capsys.readouterr()
     assert "| uce |" in printed.out and (out / "protocol.json").is_file() and (out / "heatmap.png").is_file()
+
     def no_sampling(*a, **k):
         raise AssertionError("--collect must not sample")
 
-    real = P.measure_grid
-    P.measure_grid = no_sampling
-    try:  # --collect: the table of the stored cells; a method not run yet is listed as missing, not run
+    with monkeypatch.context() as patch:  # --collect: the table of the stored cells; a method not run yet is listed as missing
+        patch.setattr(P, "measure_grid", no_sampling)
         assert main([*args, "--methods", "uce,scapre", "--collect"]) == 0
         data = json.loads((out / "protocol.json").read_text())
         assert [r["method"] for r in data["rows"]] == ["uce"] and data["missing"] == [{"method": "scapre", "concept": "3", "seed": 0}]
         assert "| uce |" in capsys.readouterr().out
         assert main([*args, "--out", str(tmp_path / "empty"), "--collect"]) == 2
         assert "found no measured cells" in capsys.readouterr().err
-    finally:
-        P.measure_grid = real
     for bad, fragment in ((["--concepts", "11"], "'11' is not in the digits concept set"),
                           (["--methods", "nope"], "unknown method 'nope'"),
                           (["--set", "esd.iterations=2"], "--set names method(s) esd"),
