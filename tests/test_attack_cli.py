@@ -140,3 +140,38 @@ def test_closed_form_and_trained_cells_are_pooled_apart():
     assert closed["uda_revival"]["mean"] == pytest.approx((0.5 + 0.25 + 0.0) / 3) and closed["uda_revival"]["ci95"] is not None
     assert trained["uda_after"] == {"mean": 0.125, "ci95": None, "n": 2}  # two cells: no interval
     assert "inversion_after" not in trained  # nothing measured, nothing reported
+
+
+def test_revival_share_is_over_what_the_erasure_had_fixed():
+    from unlearning.benchmarks.robustness import by_kind
+
+    rows = [{"method": "uce", "uda_before": 0.5, "uda_after": 0.75}, {"method": "uce", "uda_before": 0.0, "uda_after": 0.5},
+            {"method": "uce", "uda_before": 1.0, "uda_after": 1.0}]  # nothing fixed: left out of the share
+    (closed,) = by_kind(rows)
+    assert closed["uda_revival_share"]["n"] == 2 and closed["uda_revival_share"]["mean"] == pytest.approx((0.5 + 0.5) / 2)
+    assert closed["uda_revival"]["n"] == 3
+
+
+def test_merging_results_keeps_every_cell_once_and_recomputes_the_summary():
+    from unlearning.benchmarks.robustness import merge_results
+    from unlearning.errors import InputError
+
+    def payload(rows, **extra):
+        return {"model": "shapes-sd", "seed": 0, "forget_samples": 16, "retain_samples": 4, "relearn": {"steps": 40},
+                "attack_overrides": {}, "overrides": {}, "rows": rows, **extra}
+
+    def row(method, concept, ua):
+        return {"method": method, "concept": concept, "ua": ua, "uda_before": 1 - ua, "uda_after": 1.0}
+
+    old = payload([row("uce", "star", 0.5), row("uce", "cross", 0.25)])
+    new = payload([row("uce", "star", 1.0), row("resalign", "star", 0.75)], overrides={"resalign": {"steps": 3}})
+    merged = merge_results([old, new])
+    assert [(r["method"], r["concept"], r["ua"]) for r in merged["rows"]] == [
+        ("uce", "star", 1.0), ("uce", "cross", 0.25), ("resalign", "star", 0.75)]  # the later row wins
+    uce = next(e for e in merged["summary"] if e["method"] == "uce")
+    assert uce["ua"]["mean"] == pytest.approx(0.625) and merged["overrides"] == {"resalign": {"steps": 3}}
+    assert [k["kind"] for k in merged["by_kind"]] == ["closed-form", "trained"]
+    with pytest.raises(InputError, match="forget_samples"):
+        merge_results([old, payload([], forget_samples=8)])
+    with pytest.raises(InputError):
+        merge_results([])

@@ -453,7 +453,7 @@ def run_cell(job: CellJob) -> tuple[dict | None, dict | None, object | None]:
                 return cell, None, None
             new_edit = edit if job.keep_edit else None
     # the whole edit, as a run applies it: AdvUnlearn's is the text encoder's (or the digits' label encoder's)
-    model, unet = (adapter, adapter.unet) if edit is None else adapter.edited(edit)
+    model, unet = adapter.edited(edit)
     measure = measure_grid(model, job.plan, judge, unet, job.seed, job.concept)
     return cell, {**measure, **where}, new_edit
 

@@ -224,17 +224,24 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
 # The issue's question: does an attack revive closed-form erasures (one linear solve of the cross-attention
 # projections, no training) more than trained ones? Every other method of the leaderboard trains.
 CLOSED_FORM = ("uce", "scapre")
-BY_KIND_KEYS = ("ua", "uda_before", "uda_after", "uda_revival", "inversion_after", "relearn_forget")
+BY_KIND_KEYS = ("ua", "uda_before", "uda_after", "uda_revival", "uda_revival_share", "inversion_after", "relearn_forget")
+
+
+def _revival(row: dict) -> dict:
+    """``uda_revival`` = ASR after - before UnlearnDiffAtk; ``uda_revival_share`` = that over 1 - before, the share of
+    the prompts the erasure had fixed that the attack brings back (None where before = 1: nothing was fixed)."""
+    before, after = row.get("uda_before"), row.get("uda_after")
+    if before is None or after is None:
+        return {"uda_revival": None, "uda_revival_share": None}
+    return {"uda_revival": after - before, "uda_revival_share": None if before >= 1 else (after - before) / (1 - before)}
 
 
 def by_kind(rows: Sequence[dict]) -> list[dict]:
     """Each measurement pooled over the cells of the closed-form methods and of the trained ones (mean, 95 %
-    t-interval over cells); ``uda_revival`` = ASR after - ASR before UnlearnDiffAtk, per cell."""
+    t-interval over cells); revival per cell as in ``_revival``."""
     out = []
     for kind, closed in (("closed-form", True), ("trained", False)):
-        mine = [{**r, "uda_revival": None if r.get("uda_after") is None or r.get("uda_before") is None
-                 else r["uda_after"] - r["uda_before"]}
-                for r in rows if (method_variant(r["method"])[0] in CLOSED_FORM) == closed]
+        mine = [{**r, **_revival(r)} for r in rows if (method_variant(r["method"])[0] in CLOSED_FORM) == closed]
         if not mine:
             continue
         entry: dict = {"kind": kind, "methods": list(dict.fromkeys(r["method"] for r in mine)), "cells": len(mine)}
@@ -259,8 +266,8 @@ def _mean_text(entry: dict, key: str, fmt: str = "{:.2f}") -> str:
 
 
 def format_by_kind(kinds: Sequence[dict]) -> str:
-    lines = ["| kind | methods | cells | UA | UDA before | UDA after | revival (after − before) | inversion ASR | "
-             "forget after 2-shot relearning |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| kind | methods | cells | UA | UDA before | UDA after | revival (after − before) | revival / erased | "
+             "inversion ASR | forget after 2-shot relearning |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for e in kinds:
         lines.append(f"| {e['kind']} | {', '.join(e['methods'])} | {e['cells']} | "
                      + " | ".join(_mean_text(e, k) for k in BY_KIND_KEYS) + " |")
@@ -279,6 +286,46 @@ def format_leaderboard(summary: Sequence[dict]) -> str:
                      f"{_mean_text(e, 'inversion_after')} | {_mean_text(e, 'relearn_forget')} | {_mean_text(e, 'retain')} | "
                      f"{_mean_text(e, 'fid', '{:.1f}')} | {worst_text} | {len(e['concepts'])} |")
     return "\n".join(lines)
+
+
+def format_cells(rows: Sequence[dict]) -> str:
+    """Every cell as Markdown (attack seconds as the attacks report them)."""
+    def f(v, fmt="{:.2f}"):
+        return "n/a" if v is None else fmt.format(v)
+
+    lines = ["| method | concept | original forget rate | UA | UDA before → after | inversion ASR | forget after relearning "
+             "| retain | FID | UDA s | inversion s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['concept']} | {f(r.get('forget_original'))} | {f(r.get('ua'))} | "
+                     f"{f(r.get('uda_before'))} → {f(r.get('uda_after'))} | {f(r.get('inversion_after'))} | "
+                     f"{f(r.get('relearn_forget'))} | {f(r.get('retain'))} | {f(r.get('fid'), '{:.1f}')} | "
+                     f"{f(r.get('uda_s'), '{:.0f}')} | {f(r.get('inversion_s'), '{:.0f}')} |")
+    return "\n".join(lines)
+
+
+def merge_results(payloads: Sequence[dict]) -> dict:
+    """Several robustness.json payloads of one model (benches run per method, or a folder whose cells are gone and one
+    with new cells) as one: rows keyed by (method, concept), a later payload's row replacing an earlier one's; the
+    summary and the pooled kinds recomputed from the merged rows. Settings that differ between payloads are an error:
+    their rows would not be comparable."""
+    if not payloads:
+        raise InputError("nothing to merge: give at least one robustness.json.")
+    first = payloads[0]
+    same = ("model", "seed", "forget_samples", "retain_samples", "relearn", "attack_overrides")
+    for other in payloads[1:]:
+        if bad := [k for k in same if other.get(k) != first.get(k)]:
+            raise InputError(f"these robustness results were measured with different {', '.join(bad)}; "
+                             "merge only results of one model at one setting.")
+    rows: dict[tuple[str, str], dict] = {}
+    overrides: dict = {}
+    for payload in payloads:
+        overrides.update(payload.get("overrides") or {})
+        for row in payload["rows"]:
+            rows[(row["method"], row["concept"])] = row
+    merged = list(rows.values())
+    return {**{k: first.get(k) for k in same}, "methods": list(dict.fromkeys(r["method"] for r in merged)),
+            "concepts": list(dict.fromkeys(r["concept"] for r in merged)), "overrides": overrides,
+            "rows": merged, "summary": summarise(merged), "by_kind": by_kind(merged)}
 
 
 def save_results(rows: Sequence[dict], cfg: RobustnessConfig) -> Path:

@@ -125,7 +125,10 @@ class FamilyAdapter(ABC):
 
     def edited(self, edit) -> tuple[FamilyAdapter, UNet2DConditionModel]:
         """The unlearned model of an :class:`~unlearning.edit.Edit`: (adapter for its conditions, edited UNet copy).
-        For an edit of the UNet only, the adapter is this one."""
+        For an edit of the UNet only, the adapter is this one; for no edit (None), this model itself (its own UNet,
+        not a copy: the caller only samples from it)."""
+        if edit is None:
+            return self, self.unet
         unet_part, _ = edit.split(self.conditioner_name)
         return self.conditioned_by(edit), unet_part.apply_to_copy(self.unet).eval()
 
