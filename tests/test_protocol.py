@@ -300,3 +300,44 @@ def test_real_sd_path_with_a_concept_file_and_the_users_classifier(tmp_path):
     assert all(r["cra"] is not None for r in result["rows"])
     with pytest.raises(InputError, match="no concept vocabulary"):
         P.resolve_protocol(P.ProtocolConfig(model=str(folder), methods="uce", out=tmp_path / "p", device="cpu"))
+
+
+def _result(methods, rows, *, settings=None, steps=25):
+    concepts = ["star", "red"]
+    original = [{"method": "original", "concept": c, "seed": 0, "ua": 0.0, "ira": 0.9, "cra": 0.9, "fid": 1.0} for c in concepts]
+    return {"model": "shapes-sd", "rows": rows, "original": {"rows": original}, "failed": [], "missing": [],
+            "protocol": {"version": 1, "concept_set": "shapes-sd", "template": "{a} {style} {object}", "samples_per_prompt": 4,
+                         "num_inference_steps": steps, "guidance_scale": 5.0, "sampler": "ddim", "judge": "evaluator",
+                         "methods": methods, "concepts": concepts, "seeds": [0], "kinds": {"object": ["star"], "style": ["red"]},
+                         "settings": settings or {m: {"lr": 1} for m in methods}, "cell_seconds_total": 10.0, "elapsed_s": 12.0}}
+
+
+def _row(method, concept, ua):
+    return {"method": method, "concept": concept, "seed": 0, "ua": ua, "ira": 0.8, "cra": 0.7, "fid": 2.0, "unlearn_s": 1.0}
+
+
+def test_merging_protocol_results_unions_cells_and_recomputes_what_is_missing():
+    from unlearning.benchmarks.protocol_results import csv_text, merge_results
+
+    old = _result(["uce", "esd"], [_row("uce", "star", 0.5), _row("uce", "red", 0.25)])  # esd never measured
+    new = _result(["esd", "uce"], [_row("esd", "star", 1.0), _row("uce", "red", 0.75)])
+    merged = merge_results([old, new])
+    assert merged["protocol"]["methods"] == ["uce", "esd"] and merged["protocol"]["merged_from"] == 2
+    assert merged["summary"]["uce"]["ua"] == pytest.approx((0.5 + 0.75) / 2)  # the later (uce, red) replaces the earlier
+    assert merged["by_kind"]["style"]["uce"]["ua"] == pytest.approx(0.75) and merged["by_kind"]["object"]["esd"]["ua"] == 1.0
+    assert merged["missing"] == [{"method": "esd", "concept": "red", "seed": 0}]
+    assert merged["protocol"]["cell_seconds_total"] == 20.0 and merged["protocol"]["elapsed_s"] == 24.0
+    assert "esd" in csv_text(merged)
+
+
+def test_merging_refuses_results_that_are_not_comparable():
+    from unlearning.benchmarks.protocol_results import merge_results
+    from unlearning.errors import InputError
+
+    base = _result(["uce"], [_row("uce", "star", 0.5)])
+    with pytest.raises(InputError, match="num_inference_steps"):
+        merge_results([base, _result(["uce"], [], steps=50)])
+    with pytest.raises(InputError, match="different settings"):
+        merge_results([base, _result(["uce"], [], settings={"uce": {"lr": 2}})])
+    with pytest.raises(InputError, match="nothing to merge"):
+        merge_results([])

@@ -175,3 +175,78 @@ def format_table(result: dict) -> str:
     lines = ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|---|---|---|---|---|---:|---:|---:|---|---:|"]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(result)]
     return "\n".join(lines)
+
+
+# What makes two protocol results comparable: the model, the concept set and how every grid was drawn and judged.
+PLAN_KEYS = ("version", "concept_set", "template", "samples_per_prompt", "num_inference_steps", "guidance_scale",
+             "sampler", "judge")
+
+
+def merge_results(results: Sequence[dict]) -> dict:
+    """Several protocol.json results of one model and one plan as one, e.g. a committed result whose cell store is gone
+    and a later run that adds methods: rows keyed by (method, concept, seed) and the original's by (concept, seed), a
+    later result's replacing an earlier one's; summaries, per-kind summaries and the missing cells recomputed.
+
+    A method measured at different settings in two results, or results of different models or plans, are an InputError:
+    their rows would not be comparable."""
+    if not results:
+        raise InputError("nothing to merge: give at least one protocol result.")
+    first = results[0]
+    for other in results[1:]:
+        bad = [k for k in PLAN_KEYS if other["protocol"].get(k) != first["protocol"].get(k)]
+        if other["model"] != first["model"]:
+            bad.insert(0, "model")
+        if bad:
+            raise InputError(f"these protocol results differ in {', '.join(bad)}; merge only results of one model and plan.")
+    settings: dict = {}
+    for result in results:
+        for method, value in (result["protocol"].get("settings") or {}).items():
+            if value is None:
+                continue
+            if settings.get(method) not in (None, value):
+                raise InputError(f"'{method}' was measured at different settings in these results ({settings[method]} "
+                                 f"and {value}); merge only one setting per method.")
+            settings[method] = value
+    rows: dict[tuple, dict] = {}
+    originals: dict[tuple, dict] = {}
+    failed: dict[tuple, dict] = {}
+    methods, concepts, seeds = [], [], []
+    kinds: dict[str, list[str]] = {}
+    for result in results:
+        p = result["protocol"]
+        methods += p["methods"]
+        concepts += p["concepts"]
+        seeds += p["seeds"]
+        for kind, names in p["kinds"].items():
+            kinds[kind] = list(dict.fromkeys([*kinds.get(kind, []), *names]))
+        for r in result["rows"]:
+            rows[(r["method"], r["concept"], r["seed"])] = r
+            failed.pop((r["method"], r["concept"], r["seed"]), None)
+        for r in result["original"]["rows"]:
+            originals[(r["concept"], r["seed"])] = r
+        for f in result.get("failed", []):
+            if (f["method"], f["concept"], f["seed"]) not in rows:
+                failed[(f["method"], f["concept"], f["seed"])] = f
+    methods, concepts, seeds = (list(dict.fromkeys(x)) for x in (methods, concepts, seeds))
+    merged_rows, original_rows = list(rows.values()), list(originals.values())
+    kind_of = {c: kind for kind, names in kinds.items() for c in names}
+    missing = [{"method": m, "concept": c, "seed": s} for m in methods for c in concepts for s in seeds
+               if (m, c, s) not in rows and (m, c, s) not in failed]
+    elapsed = [r["protocol"].get("elapsed_s") for r in results]
+    return {
+        "model": first["model"],
+        "rows": merged_rows,
+        "summary": summarise(merged_rows),
+        "original": {"rows": original_rows, "summary": summarise(original_rows)},
+        "by_kind": {kind: summarise([r for r in merged_rows if kind_of.get(r["concept"]) == kind]) for kind in kinds},
+        "failed": list(failed.values()),
+        "missing": missing,
+        "protocol": {
+            **results[-1]["protocol"], "methods": methods, "concepts": concepts, "seeds": seeds, "kinds": kinds,
+            "settings": {m: settings.get(m) for m in methods},
+            # the rows keep no sampling time, so the totals are the inputs' (a cell measured twice counts twice)
+            "cell_seconds_total": sum(r["protocol"].get("cell_seconds_total") or 0 for r in results),
+            "elapsed_s": None if None in elapsed else sum(elapsed),
+            "merged_from": len(results),
+        },
+    }
