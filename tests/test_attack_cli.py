@@ -165,11 +165,12 @@ def test_merging_results_keeps_every_cell_once_and_recomputes_the_summary():
 
     old = payload([row("uce", "star", 0.5), row("uce", "cross", 0.25)])
     new = payload([row("uce", "star", 1.0), row("resalign", "star", 0.75)], overrides={"resalign": {"steps": 3}})
-    merged = merge_results([old, new])
-    assert [(r["method"], r["concept"], r["ua"]) for r in merged["rows"]] == [
-        ("uce", "star", 1.0), ("uce", "cross", 0.25), ("resalign", "star", 0.75)]  # the later row wins
+    later = payload([row("uce", "diamond", 0.0)])
+    merged = merge_results([old, new, later])
+    assert [(r["method"], r["concept"], r["ua"]) for r in merged["rows"]] == [  # the later row wins; a method's rows together
+        ("uce", "star", 1.0), ("uce", "cross", 0.25), ("uce", "diamond", 0.0), ("resalign", "star", 0.75)]
     uce = next(e for e in merged["summary"] if e["method"] == "uce")
-    assert uce["ua"]["mean"] == pytest.approx(0.625) and merged["overrides"] == {"resalign": {"steps": 3}}
+    assert uce["ua"]["mean"] == pytest.approx(1.25 / 3) and merged["overrides"] == {"resalign": {"steps": 3}}
     assert [k["kind"] for k in merged["by_kind"]] == ["closed-form", "trained"]
     with pytest.raises(InputError, match="forget_samples"):
         merge_results([old, payload([], forget_samples=8)])

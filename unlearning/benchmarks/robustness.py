@@ -305,7 +305,8 @@ def format_cells(rows: Sequence[dict]) -> str:
 
 def merge_results(payloads: Sequence[dict]) -> dict:
     """Several robustness.json payloads of one model (benches run per method, or a folder whose cells are gone and one
-    with new cells) as one: rows keyed by (method, concept), a later payload's row replacing an earlier one's; the
+    with new cells) as one: rows keyed by (method, concept), a later payload's row replacing an earlier one's, each
+    method's rows together (methods and concepts in the order first seen); the
     summary and the pooled kinds recomputed from the merged rows. Settings that differ between payloads are an error:
     their rows would not be comparable."""
     if not payloads:
@@ -322,7 +323,9 @@ def merge_results(payloads: Sequence[dict]) -> dict:
         overrides.update(payload.get("overrides") or {})
         for row in payload["rows"]:
             rows[(row["method"], row["concept"])] = row
-    merged = list(rows.values())
+    methods = list(dict.fromkeys(m for m, _ in rows))
+    concepts = list(dict.fromkeys(c for _, c in rows))
+    merged = [rows[k] for k in sorted(rows, key=lambda k: (methods.index(k[0]), concepts.index(k[1])))]
     return {**{k: first.get(k) for k in same}, "methods": list(dict.fromkeys(r["method"] for r in merged)),
             "concepts": list(dict.fromkeys(r["concept"] for r in merged)), "overrides": overrides,
             "rows": merged, "summary": summarise(merged), "by_kind": by_kind(merged)}
