@@ -176,3 +176,25 @@ def test_merging_results_keeps_every_cell_once_and_recomputes_the_summary():
         merge_results([old, payload([], forget_samples=8)])
     with pytest.raises(InputError):
         merge_results([])
+
+
+def test_attack_panel_says_why_the_loss_curve_is_empty(monkeypatch):
+    """When every attacked prompt already shows the concept there is nothing to optimise: the panel says so instead
+    of leaving an empty curve unexplained; after a real attack it does not."""
+    from types import SimpleNamespace
+
+    import unlearning.ui.attack as panel
+
+    def summary(before):
+        return {"kind": "unlearndiffatk", "asr_before": before, "asr_after": 1.0, "asr_before_ci95": [0.3, 1.0],
+                "asr_after_ci95": [0.3, 1.0], "n": 2, "iterations": 0, "attack_s": 0.0}
+
+    prepared = SimpleNamespace(spec=SimpleNamespace(label="UnlearnDiffAtk"), run={"method": "esd"},
+                               task=SimpleNamespace(forget=["3"]), items=[0, 1])
+    monkeypatch.setattr(panel, "hold", lambda folder: None)
+    monkeypatch.setattr(panel, "prepare_attack", lambda *args, **kwargs: prepared)
+    for before, log, said in ((1.0, [], True), (0.5, [{"step": 1, "loss": 0.3}], False)):
+        result = SimpleNamespace(loss_log=log, attack_s=0.0, summary=lambda before=before: summary(before))
+        monkeypatch.setattr(panel, "execute_attack", lambda prep, ctx, result=result: (result, Path("/tmp/attack")))
+        *_, (status, curve, *_rest) = panel.attack_stream("/runs/esd-3", "unlearndiffatk", None, "", [])
+        assert ("Nothing to optimise" in status) is said and len(curve) == len(log)

@@ -119,6 +119,10 @@ def attack_stream(run_folder: str | None, kind: str, prompt_file: str | None, se
     status = (f"{head}: **done** in {result.attack_s:.1f} s. ASR {100 * summary['asr_before']:.0f}% → "
               f"{100 * summary['asr_after']:.0f}% (n = {summary['n']}). Rows: original, unlearned, unlearned under attack; "
               f"folder `{folder}`")
+    if not result.loss_log and summary["asr_before"] >= 1.0:
+        status += ("\n\nNothing to optimise: every attacked prompt already shows the concept *before* the attack (the "
+                   "unlearning did not remove it on these seeds), so the loss curve is empty. Unlearn more (iterations, "
+                   "learning rate) and attack that run.")
     yield status, curve, str(folder / "images" / "attack_grid.png"), asr_markdown(history), history
 
 
