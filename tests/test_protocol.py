@@ -248,6 +248,26 @@ def test_parallel_jobs_give_the_same_table(finished, tmp_path):
                                 for r, p in zip(result["rows"], parallel["rows"], strict=True)]
 
 
+def test_a_worker_result_crosses_processes_by_value():
+    """The parallel path packs an edit's tensors as bytes: torch's pickler would pass each tensor as a file descriptor,
+    and a long run ran out of them."""
+    import pickle
+
+    from unlearning.edit import Edit
+
+    params = {"a.weight": torch.randn(3, 4), "b.bias": torch.randn(5).to(torch.bfloat16)}
+    edit = Edit(params=params, method="uce", settings={"lam": 0.1}, timings={"unlearn_s": 1.0})
+    packed = P.pack_result(({"status": "ok"}, {"ua": 0.5}, edit))
+    blob = pickle.dumps(packed)
+    assert b"torch" not in blob  # no tensor inside, only bytes and plain data
+    cell, measure, back = P.unpack_result(pickle.loads(blob))
+    assert cell == {"status": "ok"} and measure == {"ua": 0.5}
+    assert (back.method, back.settings, back.timings) == ("uce", {"lam": 0.1}, {"unlearn_s": 1.0})
+    assert back.params.keys() == params.keys() and all(torch.equal(back.params[n], t) for n, t in params.items())
+    assert back.params["b.bias"].dtype == torch.bfloat16
+    assert P.unpack_result(P.pack_result(({"status": "failed"}, None, None))) == ({"status": "failed"}, None, None)
+
+
 def test_cli_protocol_and_its_errors(tiny_model, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cli"
     args = ["bench", "protocol", "--model", str(tiny_model), "--methods", "uce", "--concepts", "3", "--out", str(out),

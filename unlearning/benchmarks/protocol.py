@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -477,6 +477,32 @@ def total_threads() -> int:
     return int(os.environ.get("UNLEARNING_THREADS") or torch.get_num_threads())
 
 
+def run_cell_by_value(job: CellJob) -> tuple:
+    """run_cell in a worker process, its result packed by ``pack_result``."""
+    return pack_result(run_cell(job))
+
+
+def pack_result(result: tuple) -> tuple:
+    """run_cell's (cell, measure, edit) with the edit's tensors as safetensors bytes, to cross a process boundary by
+    value. As tensors, torch's pickler hands each one to the parent as a shared-memory file descriptor; a long run
+    (126 shapes-sd cells, VDU's whole-UNet edits among them) ran out of them and broke the pool ('received 0 items
+    of ancdata')."""
+    from safetensors.torch import save
+
+    cell, measure, edit = result
+    if edit is None:
+        return cell, measure, None, None
+    return cell, measure, replace(edit, params={}), save({n: t.contiguous() for n, t in edit.params.items()})
+
+
+def unpack_result(packed: tuple) -> tuple:
+    """``pack_result``'s inverse: (cell, measure, edit)."""
+    from safetensors.torch import load
+
+    cell, measure, edit, tensors = packed
+    return cell, measure, (None if edit is None else replace(edit, params=load(tensors)))
+
+
 def execute_local(jobs: Sequence[CellJob], workers: int = 1) -> Iterator[tuple[int, tuple]]:
     """Run cells in this process (workers = 1) or in ``workers`` spawned processes with the threads split between
     them; yields (index into ``jobs``, run_cell's result) as each finishes."""
@@ -490,9 +516,10 @@ def execute_local(jobs: Sequence[CellJob], workers: int = 1) -> Iterator[tuple[i
     threads = max(1, total_threads() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_set_threads, initargs=(threads,))
     try:
-        futures = {pool.submit(run_cell, job): i for i, job in enumerate(jobs)}
+        futures = {pool.submit(run_cell_by_value, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            index = futures.pop(future)  # the result is not kept once the consumer has stored it
+            yield index, unpack_result(future.result())
     finally:  # a consumer that stops early (cancel, error) drops the cells not yet started
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -502,8 +529,6 @@ def execute_ray(jobs: Sequence[CellJob], address: str | None = None, threads_per
 
     Without ``address`` a local Ray instance is started on this machine (and stopped at the end); with one, the
     cluster's workers need this package importable (installed, or on their PYTHONPATH) and the model reachable."""
-    import dataclasses
-
     from ..edit import Edit
 
     try:
@@ -523,7 +548,7 @@ def execute_ray(jobs: Sequence[CellJob], address: str | None = None, threads_per
         task = ray.remote(num_cpus=threads_per_task, num_gpus=1 if gpus else 0, max_retries=0)(_ray_cell)
         for i, job in enumerate(jobs):  # a stored edit travels with its task: the worker may not see this disk
             edit = Edit.load(job.edit_file) if job.edit_file else None
-            pending[task.remote(dataclasses.replace(job, edit=edit, edit_file=None), threads_per_task)] = i
+            pending[task.remote(replace(job, edit=edit, edit_file=None), threads_per_task)] = i
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -536,11 +561,9 @@ def execute_ray(jobs: Sequence[CellJob], address: str | None = None, threads_per
 
 
 def _ray_cell(job: CellJob, threads: int):
-    import dataclasses
-
     _set_threads(threads)
     if job.device == "auto":  # a GPU task sees its own GPU as cuda:0
-        job = dataclasses.replace(job, device="cuda" if torch.cuda.is_available() else "cpu")
+        job = replace(job, device="cuda" if torch.cuda.is_available() else "cpu")
     return run_cell(job)
 
 
@@ -681,7 +704,6 @@ def run_protocol(protocol: Protocol, on_progress: Callable[[Progress], None] | N
     A cell whose edit is stored (by an earlier protocol, or another benchmark's run of the same settings) is only
     sampled and scored again. On a terminal a progress bar with the ETA (tqdm); otherwise one line per cell (unless
     ``quiet``). Setting ``cancel`` stops after the cells in progress (they are stored); a rerun continues there."""
-    import dataclasses
 
     from tqdm import tqdm
 
@@ -692,7 +714,7 @@ def run_protocol(protocol: Protocol, on_progress: Callable[[Progress], None] | N
         if (cell or {}).get("status") == "failed" or measure is not None:
             continue  # a method's failure is its result; a measured cell is done
         edit_file = protocol.store.edit_path(key)
-        todo.append((dataclasses.replace(job, edit_file=str(edit_file) if edit_file.is_file() else None), key))
+        todo.append((replace(job, edit_file=str(edit_file) if edit_file.is_file() else None), key))
     done0 = len(jobs) - len(todo)
     config = protocol.config
     started = time.perf_counter()
