@@ -119,7 +119,7 @@ def build_demo() -> gr.Blocks:
                         status = gr.Markdown("Press **Unlearn** to start. On the embedded digits model a run takes "
                                              "well under a minute on a laptop CPU.")
                         loss_plot = gr.LinePlot(None, x="step", y="loss", color="series", title="Loss during unlearning",
-                                                height=220)
+                                                height=220, elem_id="loss-plot")
                         gr.Markdown("**Forgotten concept**: each pair of rows is original (top) and unlearned (bottom), "
                                     "same seed per column.")
                         forget_grid = gr.Image(label="forgotten concept: original above, unlearned below", format="png",
@@ -237,8 +237,9 @@ def build_demo() -> gr.Blocks:
                           else run_stream(run_request, cancel=cancel, progress=progress, owner=owner))
                 for out in stream:
                     update = {}
-                    if out.loss is not None:  # None clears the plot: an empty frame would break its colour scale
-                        update[loss_plot] = None if out.loss.empty else out.loss
+                    if out.loss is not None:  # no curve (yet, or ever: a closed form): the plot is hidden, not an empty box
+                        update[loss_plot] = (gr.update(value=None, visible=False) if out.loss.empty
+                                             else gr.update(value=out.loss, visible=True))
                     for comp, value in ((status, out.status), (forget_grid, out.forget_grid),
                                         (retain_grid, out.retain_grid), (metrics, out.metrics), (download, out.download),
                                         (prompt_grid, out.prompt_grid)):

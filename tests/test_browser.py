@@ -108,6 +108,7 @@ def test_fast_run_in_the_browser(page, artifacts_dir):
         expect(img).to_be_visible()
         assert img.evaluate("e => e.complete && e.naturalWidth > 0"), f"{label}: image not rendered"
     expect(page.get_by_text("Run folder:")).to_be_visible()
+    expect(page.locator("#loss-plot")).to_be_visible()  # a trained method draws its loss
     expect(error_toasts(page)).to_have_count(0)
     assert not page.get_by_text("Could not run").is_visible()
 
@@ -205,6 +206,7 @@ def test_text_to_image_run_in_the_browser(page, artifacts_dir):
     unlearn_button(page).click()
     expect(page.get_by_text("Done.", exact=True)).to_be_visible(timeout=RUN_TIMEOUT_MS)
     expect(page.get_by_text("forgetting star, heart", exact=False).first).to_be_visible()
+    expect(page.locator("#loss-plot")).to_be_hidden()  # a closed form has no loss curve: no empty box in its place
     img = image_block(page, "forgotten concept: original above").locator("img")
     expect(img).to_have_attribute("src", re.compile(r"/gradio_api/file=.+\.png"))
     page.get_by_role("button", name="Export the unlearned model (full diffusers folder)").click()
