@@ -704,7 +704,6 @@ def run_protocol(protocol: Protocol, on_progress: Callable[[Progress], None] | N
     A cell whose edit is stored (by an earlier protocol, or another benchmark's run of the same settings) is only
     sampled and scored again. On a terminal a progress bar with the ETA (tqdm); otherwise one line per cell (unless
     ``quiet``). Setting ``cancel`` stops after the cells in progress (they are stored); a rerun continues there."""
-
     from tqdm import tqdm
 
     jobs, keys = protocol.jobs(), protocol.cell_keys()
