@@ -361,3 +361,22 @@ def test_merging_refuses_results_that_are_not_comparable():
         merge_results([base, _result(["uce"], [], settings={"uce": {"lr": 2}})])
     with pytest.raises(InputError, match="nothing to merge"):
         merge_results([])
+
+
+def test_merging_a_retuned_method_takes_it_whole_from_the_last_result():
+    """`--replace`: a method retuned since the earlier result is not refused; its old rows go, even for a concept the
+    later result has not measured again (missing, not kept at the old settings)."""
+    from unlearning.benchmarks.protocol_results import merge_results
+    from unlearning.errors import InputError
+
+    old = _result(["uce", "sld"], [_row("uce", "star", 0.5), _row("sld", "star", 0.1), _row("sld", "red", 0.2)])
+    new = _result(["sld"], [_row("sld", "star", 0.9)], settings={"sld": {"lr": 2}})
+    with pytest.raises(InputError, match="different settings"):
+        merge_results([old, new])
+    merged = merge_results([old, new], replace=["sld"])
+    assert sorted((r["method"], r["concept"], r["ua"]) for r in merged["rows"]) == [("sld", "star", 0.9), ("uce", "star", 0.5)]
+    assert merged["protocol"]["settings"] == {"uce": {"lr": 1}, "sld": {"lr": 2}}
+    assert {"method": "sld", "concept": "red", "seed": 0} in merged["missing"]
+    assert merged["summary"]["sld"]["ua"] == pytest.approx(0.9)
+    with pytest.raises(InputError, match="nothing to replace for esd"):
+        merge_results([old, new], replace=["esd"])

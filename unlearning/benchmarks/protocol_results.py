@@ -182,15 +182,35 @@ PLAN_KEYS = ("version", "concept_set", "template", "samples_per_prompt", "num_in
              "sampler", "judge")
 
 
-def merge_results(results: Sequence[dict]) -> dict:
+def _without_methods(result: dict, methods: Sequence[str]) -> dict:
+    """A protocol result with these methods' rows, failures and settings taken out (kept in its method list)."""
+    if not methods:
+        return result
+    settings = {m: v for m, v in (result["protocol"].get("settings") or {}).items() if m not in methods}
+    return {**result, "rows": [r for r in result["rows"] if r["method"] not in methods],
+            "failed": [f for f in result.get("failed", []) if f["method"] not in methods],
+            "protocol": {**result["protocol"], "settings": settings}}
+
+
+def merge_results(results: Sequence[dict], replace: Sequence[str] = ()) -> dict:
     """Several protocol.json results of one model and one plan as one, e.g. a committed result whose cell store is gone
     and a later run that adds methods: rows keyed by (method, concept, seed) and the original's by (concept, seed), a
     later result's replacing an earlier one's; summaries, per-kind summaries and the missing cells recomputed.
 
     A method measured at different settings in two results, or results of different models or plans, are an InputError:
-    their rows would not be comparable."""
+    their rows would not be comparable. A method in ``replace`` (retuned since an earlier result) is taken whole from
+    the last result that measured it: its rows, failures and settings in earlier results are dropped, so a concept
+    the later result did not measure again is missing rather than kept at the old settings."""
     if not results:
         raise InputError("nothing to merge: give at least one protocol result.")
+    replace = list(dict.fromkeys(replace))
+    if replace:
+        last = {m: i for i, r in enumerate(results) for m in replace
+                if any(row["method"] == m for row in r["rows"]) or (r["protocol"].get("settings") or {}).get(m) is not None}
+        unknown = [m for m in replace if m not in last]
+        if unknown:
+            raise InputError(f"nothing to replace for {', '.join(unknown)}: no result measured it.")
+        results = [_without_methods(r, [m for m in replace if last[m] != i]) for i, r in enumerate(results)]
     first = results[0]
     for other in results[1:]:
         bad = [k for k in PLAN_KEYS if other["protocol"].get(k) != first["protocol"].get(k)]
