@@ -369,13 +369,14 @@ def test_merging_a_retuned_method_takes_it_whole_from_the_last_result():
     from unlearning.benchmarks.protocol_results import merge_results
     from unlearning.errors import InputError
 
-    old = _result(["uce", "sld"], [_row("uce", "star", 0.5), _row("sld", "star", 0.1), _row("sld", "red", 0.2)])
+    old = _result(["sld", "uce"], [_row("sld", "star", 0.1), _row("sld", "red", 0.2), _row("uce", "star", 0.5)])
     new = _result(["sld"], [_row("sld", "star", 0.9)], settings={"sld": {"lr": 2}})
     with pytest.raises(InputError, match="different settings"):
         merge_results([old, new])
     merged = merge_results([old, new], replace=["sld"])
-    assert sorted((r["method"], r["concept"], r["ua"]) for r in merged["rows"]) == [("sld", "star", 0.9), ("uce", "star", 0.5)]
-    assert merged["protocol"]["settings"] == {"uce": {"lr": 1}, "sld": {"lr": 2}}
+    # the replaced method keeps its place in the plan's order (the tables follow the rows)
+    assert [(r["method"], r["concept"], r["ua"]) for r in merged["rows"]] == [("sld", "star", 0.9), ("uce", "star", 0.5)]
+    assert merged["protocol"]["settings"] == {"sld": {"lr": 2}, "uce": {"lr": 1}}
     assert {"method": "sld", "concept": "red", "seed": 0} in merged["missing"]
     assert merged["summary"]["sld"]["ua"] == pytest.approx(0.9)
     with pytest.raises(InputError, match="nothing to replace for esd"):
