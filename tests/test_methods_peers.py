@@ -59,6 +59,8 @@ def test_paper_defaults_are_the_dataclass_defaults():
     from unlearning.methods.sld import PRESETS
 
     assert (d.warmup_steps, d.guidance_scale, d.threshold, d.momentum_scale, d.momentum_beta) == PRESETS["medium"]
+    t = METHODS["sld"].settings("shapes-sd")  # the twin's held-out tuning chose the paper's MAX preset
+    assert (t.warmup_steps, t.guidance_scale, t.threshold, t.momentum_scale, t.momentum_beta) == PRESETS["max"]
     f = METHODS["fmn"].settings(None)
     assert (f.iterations, f.lr, f.group, f.use_pooler) == (35, 2e-6, "all", True)
     c = METHODS["ca"].settings(None)

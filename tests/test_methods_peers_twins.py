@@ -48,7 +48,7 @@ def unlearned_rates(adapter, model_id: str, method: str, concept: str, retain: l
 
 # the methods that reach the bar on the held-out star; every method's numbers (those that miss it included) are
 # measured by bench/peer_twins.py and reported in docs/peer_methods.md
-@pytest.mark.parametrize("method", ["speed", "rece", "mace"])
+@pytest.mark.parametrize("method", ["speed", "rece", "mace", "sld"])
 def test_peer_method_forgets_the_star(sd, sd_original, method):
     f0, r0 = sd_original
     assert f0 >= 0.5, f"the twin should draw stars before unlearning ({f0})"

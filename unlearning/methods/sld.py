@@ -42,6 +42,7 @@ from .base import RunContext, UnlearnTask, setting
 
 # SafetyConfig presets of the paper / diffusers: warmup_steps, guidance_scale (s_S), threshold (lambda),
 # momentum_scale (s_m), momentum_beta (beta_m)
+PRESET_KEYS = ("warmup_steps", "guidance_scale", "threshold", "momentum_scale", "momentum_beta")
 PRESETS = {
     "weak": (15, 20.0, 0.0, 0.0, 0.0),
     "medium": (10, 1000.0, 0.01, 0.3, 0.4),
