@@ -321,7 +321,7 @@ METHODS: dict[str, MethodSpec] = {
             # held-out tuning (bench/tune_peers.py, heart and square): the pipeline's MEDIUM preset leaves both as they were
             # (0.88 -> 0.88, 0.94 -> 0.94; also with its warm-up rescaled to 5 of 25 steps), STRONG barely moves them (0.75);
             # the paper's MAX preset forgets them (0.06, 0.12) at retain 0.79 -> 0.79, 0.64 -> 0.57
-            tuned={"shapes-sd": dict(zip(sld.PRESET_KEYS, sld.PRESETS["max"]))},
+            tuned={"shapes-sd": dict(zip(sld.PRESET_KEYS, sld.PRESETS["max"], strict=True))},
         ),
         MethodSpec(
             name="fmn",
