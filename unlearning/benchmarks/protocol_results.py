@@ -248,9 +248,9 @@ def merge_results(results: Sequence[dict], replace: Sequence[str] = ()) -> dict:
             if (f["method"], f["concept"], f["seed"]) not in rows:
                 failed[(f["method"], f["concept"], f["seed"])] = f
     methods, concepts, seeds = (list(dict.fromkeys(x)) for x in (methods, concepts, seeds))
-    order = {m: i for i, m in enumerate(methods)}, {c: i for i, c in enumerate(concepts)}
     # rows in the plan's method and concept order, so a replaced method keeps its place in the tables
-    merged_rows = sorted(rows.values(), key=lambda r: (order[0][r["method"]], order[1].get(r["concept"], len(concepts)), r["seed"]))
+    method_rank, concept_rank = ({name: i for i, name in enumerate(names)} for names in (methods, concepts))
+    merged_rows = sorted(rows.values(), key=lambda r: (method_rank[r["method"]], concept_rank.get(r["concept"], len(concepts)), r["seed"]))
     original_rows = list(originals.values())
     kind_of = {c: kind for kind, names in kinds.items() for c in names}
     missing = [{"method": m, "concept": c, "seed": s} for m in methods for c in concepts for s in seeds
