@@ -59,21 +59,26 @@ def table(result: dict) -> str:
 
 
 def coverage(result: dict) -> str:
-    concepts = result["protocol"]["concepts"]
+    """Per method, what is measured: with more than one seed in the table, per seed (seed 0 on every concept, seeds
+    1 and 2 on a few, ...)."""
+    concepts, seeds = result["protocol"]["concepts"], result["protocol"]["seeds"]
     lines = []
     for method in result["protocol"]["methods"]:
-        done = [r["concept"] for r in result["rows"] if r["method"] == method]
-        failed = [f["concept"] for f in result["failed"] if f["method"] == method]
-        missing = [m["concept"] for m in result["missing"] if m["method"] == method]
-        state = "all" if len(done) == len(concepts) else f"{len(done)} of {len(concepts)}"
-        text = f"- {method}: {state} measured"
-        if 0 < len(done) < len(concepts):
-            text += f" ({', '.join(done)})"
-        if failed:
-            text += f"; failed: {', '.join(failed)}"
-        if missing and done:
-            text += f"; missing: {', '.join(missing)}"
-        lines.append(text)
+        parts = []
+        for seed in seeds:
+            done = [r["concept"] for r in result["rows"] if r["method"] == method and r["seed"] == seed]
+            failed = [f["concept"] for f in result["failed"] if f["method"] == method and f["seed"] == seed]
+            missing = [m["concept"] for m in result["missing"] if m["method"] == method and m["seed"] == seed]
+            state = "all" if len(done) == len(concepts) else f"{len(done)} of {len(concepts)}"
+            text = f"{state} measured"
+            if 0 < len(done) < len(concepts):
+                text += f" ({', '.join(done)})"
+            if failed:
+                text += f"; failed: {', '.join(failed)}"
+            if missing and done:
+                text += f"; missing: {', '.join(missing)}"
+            parts.append(text if len(seeds) == 1 else f"seed {seed}: {text}")
+        lines.append(f"- {method}: " + "; ".join(parts))
     return "\n".join(lines)
 
 

@@ -292,7 +292,8 @@ def test_cli_protocol_and_its_errors(tiny_model, tmp_path, capsys, monkeypatch):
                           (["--set", "esd.iterations=2"], "--set names method(s) esd"),
                           (["--set", "uce.nope=1"], "unknown setting(s) nope"),
                           (["--set", "iterations=2"], "METHOD.KEY=VALUE"),
-                          (["--seeds", "0"], "--seeds must be at least 1")):
+                          (["--seeds", "0"], "--seeds must be at least 1"),
+                          (["--first-seed", "-1"], "--first-seed must be 0 or more")):
         assert main([*args, *bad]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and fragment in err.strip().splitlines()[-1], err
@@ -320,6 +321,25 @@ def test_real_sd_path_with_a_concept_file_and_the_users_classifier(tmp_path):
     assert all(r["cra"] is not None for r in result["rows"])
     with pytest.raises(InputError, match="no concept vocabulary"):
         P.resolve_protocol(P.ProtocolConfig(model=str(folder), methods="uce", out=tmp_path / "p", device="cpu"))
+
+
+def test_more_seeds_later_in_another_folder_merge_into_the_table(tiny_model, tmp_path, capsys):
+    """`--seeds 1 --first-seed 1` measures seed 1 only (its own original grid, its own unlearning run); merged with the
+    seed-0 table, each method's summary is over both seeds."""
+    from unlearning.benchmarks.protocol_results import merge_results
+
+    args = ["bench", "protocol", "--model", str(tiny_model), "--methods", "uce", "--concepts", "3", "--samples-per-prompt", "1",
+            "--steps", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "s0")]) == 0
+    assert main([*args, "--out", str(tmp_path / "s1"), "--seeds", "1", "--first-seed", "1"]) == 0
+    capsys.readouterr()
+    first, later = (json.loads((tmp_path / name / "protocol.json").read_text()) for name in ("s0", "s1"))
+    assert later["protocol"]["seeds"] == [1] and [r["seed"] for r in later["rows"]] == [1]
+    assert {r["seed"] for r in later["original"]["rows"]} == {1}
+    merged = merge_results([first, later])
+    assert [(r["method"], r["seed"]) for r in merged["rows"]] == [("uce", 0), ("uce", 1)] and merged["missing"] == []
+    assert merged["summary"]["uce"]["n"] == 2
+    assert merged["summary"]["uce"]["ua"] == pytest.approx((first["rows"][0]["ua"] + later["rows"][0]["ua"]) / 2)
 
 
 def _result(methods, rows, *, settings=None, steps=25):

@@ -12,7 +12,7 @@
     python -m unlearning bench robustness [--model shapes-sd] --methods esd-x,esd-u,uce,... --concepts star,triangle [--set METHOD.KEY=VALUE]
     python -m unlearning bench classifier [--scenario class|random] [--forget-class 3] [--fraction 0.1] [--set key=value ...]
     python -m unlearning run --model shapes-3d --method skip3d --forget "blue pyramid" --anchor "blue cube" --preserve "red sphere,green cylinder" --out DIR
-    python -m unlearning bench protocol --model MODEL --methods LIST|all --concepts LIST|FILE|all [--seeds N] [--out DIR]
+    python -m unlearning bench protocol --model MODEL --methods LIST|all --concepts LIST|FILE|all [--seeds N [--first-seed K]] [--out DIR]
         [--jobs J] [--set method.key=value ...] [--executor local|ray [--address ADDR]]
     python -m unlearning bench nudity --model SD --prompts I2P.csv [--run DIR | --edit FILE] [--threshold 0.6] [--limit N]
     python -m unlearning zero123 --forget "blue pyramid" --override "blue cube" --remain "red sphere,green cylinder" [--out DIR]
@@ -375,7 +375,7 @@ def cmd_bench_protocol(args: argparse.Namespace) -> int:
     model = args.model or "shapes-sd"
     out = Path(args.out) if args.out else Path("bench/results") / f"protocol-{safe_name(model)}"
     config = P.ProtocolConfig(model=model, methods=args.methods or "all", concepts=args.concepts or "all",
-                              seeds=seeds[0], out=out,
+                              seeds=seeds[0], first_seed=args.first_seed, out=out,
                               jobs=args.jobs, overrides=_method_sets(args.set, "the protocol"), executor=args.executor,
                               address=args.address, device=args.device, samples_per_prompt=args.samples_per_prompt,
                               num_inference_steps=args.steps, guidance_scale=args.guidance_scale, classifier=args.classifier,
@@ -620,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "on its own (e.g. star,triangle)")
     bench.add_argument("--seeds", default=None, help="protocol: N, seeds 0..N-1 (each a separate unlearning run; default 1); "
                        "lm: the seeds every row runs with (default 0,1,2)")
+    bench.add_argument("--first-seed", type=int, default=0, help="protocol: the first of the N seeds (default 0): "
+                       "--seeds 2 --first-seed 1 adds seeds 1 and 2 to a table measured at seed 0 (a new folder, then "
+                       "bench/protocol_merge.py)")
     bench.add_argument("--jobs", type=int, default=1, help="protocol: cells run in parallel processes, threads split between them")
     bench.add_argument("--executor", default="local", choices=["local", "ray"], help="protocol: where cells run")
     bench.add_argument("--address", default=None, help="protocol, ray: the cluster's address (default: a local Ray instance)")

@@ -1,6 +1,6 @@
 """The benchmark protocol: every method x every concept x seeds, in the field's own columns (UnlearnCanvas).
 
-    python -m unlearning bench protocol --model MODEL --methods LIST|all --concepts LIST|FILE|all [--seeds N]
+    python -m unlearning bench protocol --model MODEL --methods LIST|all --concepts LIST|FILE|all [--seeds N [--first-seed K]]
         [--out DIR] [--jobs J] [--set method.key=value ...] [--executor local|ray [--address ADDR]]
 
 One unlearning run per (method, concept, seed), each from the same base model with the method's settings for
@@ -575,6 +575,7 @@ class ProtocolConfig:
     methods: str | Sequence[str] = "all"
     concepts: str | Sequence[str] = "all"  # 'all', a list, or (real SD) a concept file
     seeds: int = 1
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (more seeds later, in another folder or machine)
     out: Path = Path("bench/results/protocol")
     jobs: int = 1
     overrides: dict[str, dict] = field(default_factory=dict)  # method -> {setting: value}
@@ -638,6 +639,8 @@ def resolve_protocol(config: ProtocolConfig) -> Protocol:
 
     if config.seeds < 1:
         raise InputError("--seeds must be at least 1.")
+    if config.first_seed < 0:
+        raise InputError("--first-seed must be 0 or more.")
     if config.jobs < 1:
         raise InputError("--jobs must be at least 1.")
     if config.executor not in ("local", "ray"):
@@ -683,7 +686,7 @@ def resolve_protocol(config: ProtocolConfig) -> Protocol:
     plan = GridPlan(concept_set, k, config.num_inference_steps or adapter.sampling.num_inference_steps,
                     adapter.sampling.guidance_scale if config.guidance_scale is None else float(config.guidance_scale),
                     config.sampler)
-    return Protocol(config, model_id, family, plan, methods, concepts, list(range(config.seeds)),
+    return Protocol(config, model_id, family, plan, methods, concepts, list(range(config.first_seed, config.first_seed + config.seeds)),
                     CellStore(Path(config.out) / "cells"), judge.name)
 
 
