@@ -20,21 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from unlearning.atomic import write_text_atomic  # noqa: E402
+from unlearning.benchmarks.rates import forget_retain_rates  # noqa: E402
 from unlearning.methods import METHODS  # noqa: E402
 from unlearning.methods.base import RunContext, UnlearnTask  # noqa: E402
 from unlearning.models.catalog import load_adapter  # noqa: E402
 
 SHAPES_RETAIN = ["circle", "square", "triangle", "heart", "cross", "ring", "diamond"]
-
-
-def rates(adapter, unet, concept: str, retain: list[str], n: int = 16, per_retain: int = 2) -> tuple[float, float]:
-    """(forget rate over the concept's paraphrases, retain accuracy over the other concepts), same seeds for every model."""
-    prompts = adapter.forget_prompts(concept)
-    images = adapter.generate([prompts[i % len(prompts)] for i in range(n)], list(range(n)), unet=unet)
-    forget = adapter.recognises([concept] * n, images).float().mean().item()
-    targets = [c for c in retain for _ in range(per_retain)]
-    images = adapter.generate([adapter.prompt_for(c) for c in targets], list(range(100, 100 + len(targets))), unet=unet)
-    return forget, adapter.recognises(targets, images).float().mean().item()
 
 
 def main() -> None:
@@ -49,7 +40,7 @@ def main() -> None:
     for model_id, concept in (("shapes-sd", "star"), ("digits", "3")):
         adapter = load_adapter(model_id, "cpu")
         retain = SHAPES_RETAIN if model_id == "shapes-sd" else [c for c in adapter.concepts() if c != concept]
-        f0, r0 = rates(adapter, adapter.unet, concept, retain)
+        f0, r0 = forget_retain_rates(adapter, adapter.unet, concept, retain)
         for method in args.methods.split(","):
             spec = METHODS[method]
             if model_id == "digits" and method == "sld":
@@ -57,7 +48,7 @@ def main() -> None:
             t0 = time.perf_counter()
             edit = spec.unlearn(adapter, UnlearnTask(forget=[concept], retain=retain), spec.settings(model_id), RunContext())
             took = time.perf_counter() - t0
-            f1, r1 = rates(adapter, edit.apply_to_copy(adapter.unet), concept, retain)
+            f1, r1 = forget_retain_rates(adapter, edit.apply_to_copy(adapter.unet), concept, retain)
             row = {"model": model_id, "concept": concept, "method": method, "forget_before": f0, "forget_after": f1,
                    "retain_before": r0, "retain_after": r1, "unlearn_s": round(took, 2),
                    "meets_bar": f1 <= f0 / 2 and r1 >= r0 - 0.10}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from unlearning.benchmarks.rates import forget_retain_rates  # noqa: E402
 from unlearning.benchmarks.scaling import ScalingConfig, concept_order, measure, retained_pairs  # noqa: E402
 from unlearning.methods import get_method  # noqa: E402
 from unlearning.methods.base import RunContext, UnlearnTask  # noqa: E402
@@ -33,13 +34,9 @@ HELD_OUT = {"shapes-sd": ["heart", "square"], "digits": ["5", "8"]}
 
 
 def single_rates(adapter, unet, concept: str, retain: list[str], n: int = 16, per_retain: int = 2) -> tuple[float, float]:
-    """Forget rate over the concept's paraphrases (seeds 500..), retain accuracy over the other concepts (seeds 900..)."""
-    prompts = adapter.forget_prompts(concept)
-    images = adapter.generate([prompts[i % len(prompts)] for i in range(n)], list(range(500, 500 + n)), unet=unet)
-    forget = float(adapter.recognises([concept] * n, images).float().mean())
-    targets = [c for c in retain for _ in range(per_retain)]
-    images = adapter.generate([adapter.prompt_for(c) for c in targets], list(range(900, 900 + len(targets))), unet=unet)
-    return forget, float(adapter.recognises(targets, images).float().mean())
+    """Forget rate over the concept's paraphrases (seeds 500..), retain accuracy over the other concepts (seeds 900..):
+    other seeds than the tests' and bench/peer_twins.py's."""
+    return forget_retain_rates(adapter, unet, concept, retain, n, per_retain, forget_seed=500, retain_seed=900)
 
 
 def problems(adapter, model: str, which: list[str], n: int = 16, per_retain: int = 2):

@@ -13,21 +13,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unlearning.benchmarks.rates import forget_retain_rates
 from unlearning.methods import METHODS
 from unlearning.methods.base import RunContext, UnlearnTask
 from unlearning.models.catalog import load_adapter
 
 SHAPES_RETAIN = ["circle", "square", "triangle", "heart", "cross", "ring", "diamond"]
-
-
-def rates(adapter, unet, concept: str, retain: list[str], n: int = 16, per_retain: int = 2) -> tuple[float, float]:
-    """(forget rate over the concept's paraphrases, retain accuracy over the other concepts), same seeds for every model."""
-    prompts = adapter.forget_prompts(concept)
-    images = adapter.generate([prompts[i % len(prompts)] for i in range(n)], list(range(n)), unet=unet)
-    forget = adapter.recognises([concept] * n, images).float().mean().item()
-    targets = [c for c in retain for _ in range(per_retain)]
-    images = adapter.generate([adapter.prompt_for(c) for c in targets], list(range(100, 100 + len(targets))), unet=unet)
-    return forget, adapter.recognises(targets, images).float().mean().item()
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +28,13 @@ def sd():
 
 @pytest.fixture(scope="module")
 def sd_original(sd):
-    return rates(sd, sd.unet, "star", SHAPES_RETAIN)
+    return forget_retain_rates(sd, sd.unet, "star", SHAPES_RETAIN)
 
 
 def unlearned_rates(adapter, model_id: str, method: str, concept: str, retain: list[str]) -> tuple[float, float]:
     spec = METHODS[method]
     edit = spec.unlearn(adapter, UnlearnTask(forget=[concept], retain=retain), spec.settings(model_id), RunContext())
-    return rates(adapter, edit.apply_to_copy(adapter.unet), concept, retain)
+    return forget_retain_rates(adapter, edit.apply_to_copy(adapter.unet), concept, retain)
 
 
 # the methods that reach the bar on the held-out star; every method's numbers (those that miss it included) are
@@ -65,7 +56,7 @@ def digits():
 @pytest.mark.parametrize("method", ["speed"])  # RECE on "3" too (bench/peer_twins.py); kept out for the suite's time
 def test_peer_method_forgets_the_digit(digits, method):
     retain = [c for c in digits.concepts() if c != "3"]
-    f0, r0 = rates(digits, digits.unet, "3", retain, per_retain=2)
+    f0, r0 = forget_retain_rates(digits, digits.unet, "3", retain, per_retain=2)
     f1, r1 = unlearned_rates(digits, "digits", method, "3", retain)
     assert f1 <= f0 / 2, (method, f0, f1)
     assert r1 >= r0 - 0.10, (method, r0, r1)
