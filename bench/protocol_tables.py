@@ -70,15 +70,24 @@ def coverage(result: dict) -> str:
             failed = [f["concept"] for f in result["failed"] if f["method"] == method and f["seed"] == seed]
             missing = [m["concept"] for m in result["missing"] if m["method"] == method and m["seed"] == seed]
             state = "all" if len(done) == len(concepts) else f"{len(done)} of {len(concepts)}"
-            text = f"{state} measured"
+            text = f"{state} measured" if done or failed else "not measured"
             if 0 < len(done) < len(concepts):
                 text += f" ({', '.join(done)})"
             if failed:
                 text += f"; failed: {', '.join(failed)}"
             if missing and done:
                 text += f"; missing: {', '.join(missing)}"
-            parts.append(text if len(seeds) == 1 else f"seed {seed}: {text}")
-        lines.append(f"- {method}: " + "; ".join(parts))
+            parts.append((seed, text))
+        groups: dict[str, list[int]] = {}  # seeds with the same coverage said once
+        for seed, text in parts:
+            groups.setdefault(text, []).append(seed)
+        if len(seeds) == 1:
+            said = parts[0][1]
+        elif len(groups) == 1:
+            said = f"{parts[0][1]} (seeds {', '.join(map(str, seeds))})"
+        else:
+            said = "; ".join(f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}: {text}" for text, ss in groups.items())
+        lines.append(f"- {method}: {said}")
     return "\n".join(lines)
 
 

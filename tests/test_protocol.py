@@ -370,6 +370,26 @@ def test_merging_protocol_results_unions_cells_and_recomputes_what_is_missing():
     assert "esd" in csv_text(merged)
 
 
+def test_coverage_lines_say_each_seed_once_it_has_several():
+    """bench/protocol_tables.py's coverage list under a table: one seed as before; with more seeds, seeds of the same
+    coverage together."""
+    import importlib.util
+
+    from unlearning.benchmarks.protocol_results import merge_results
+
+    spec = importlib.util.spec_from_file_location("protocol_tables", Path(__file__).resolve().parents[1] / "bench" / "protocol_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    first = _result(["uce", "esd"], [_row("uce", "star", 0.5), _row("uce", "red", 0.5), _row("esd", "star", 1.0)])
+    assert tables.coverage(merge_results([first])).splitlines() == ["- uce: all measured", "- esd: 1 of 2 measured (star); missing: red"]
+    later = _result(["esd"], [{**_row("esd", "star", 0.9), "seed": 1}, {**_row("esd", "red", 0.8), "seed": 1}])
+    later["protocol"]["seeds"] = [1]
+    for r in later["original"]["rows"]:
+        r["seed"] = 1
+    assert tables.coverage(merge_results([first, later])).splitlines() == [
+        "- uce: seed 0: all measured; seed 1: not measured", "- esd: seed 0: 1 of 2 measured (star); missing: red; seed 1: all measured"]
+
+
 def test_merging_refuses_results_that_are_not_comparable():
     from unlearning.benchmarks.protocol_results import merge_results
     from unlearning.errors import InputError

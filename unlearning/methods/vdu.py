@@ -43,17 +43,18 @@ Choices recorded here (the paper does not state them):
   divided by its mean over t so that "elbo" and "simple" share a scale. On a cosine schedule (the
   digits twin's) beta_t is clipped at 0.999 near t = T, and 98 % of the weight lies on t >= 990.
 
-On the digits twin (forget "3", seed 0, 32 forget / 72 retained samples): the tuned run (gamma 0.5,
-15 steps of batch 64, K = 5) takes the forget rate from 1.00 to 0.00 but the retained digits from
-0.96 to 0.49; with gamma = 0 (plain ascent, same steps) 0.43, so the anchor helps, but ascent stopped
-early (gamma = 0, 8 steps) does better still (forget 0.16, retain 0.68). No setting tried removed the
-digit while keeping the others within 15 points: with forget data only, the ascent damages the
-weights every digit shares. Below gamma ~0.85 (lr 1e-3) the ascent runs away; above ~0.9 the anchor
-stops it before the digit goes.
+On the digits twin (forget "3", seed 0, 32 forget / 72 retained samples): the round-1 run (gamma 0.5,
+15 steps of batch 64, K = 5, then the twin value; since 4 December the twin values are 30 steps on digits
+and 18 on shapes-sd, tuned on held-out concepts: docs/protocol.md, "VDU's twin values") takes the forget
+rate from 1.00 to 0.00 but the retained digits from 0.96 to 0.49; with gamma = 0 (plain ascent, same
+steps) 0.43, so the anchor helps, but ascent stopped early (gamma = 0, 8 steps) does better still
+(forget 0.16, retain 0.68). No setting tried removed the digit while keeping the others within 15
+points: with forget data only, the ascent damages the weights every digit shares. Below gamma ~0.85
+(lr 1e-3) the ascent runs away; above ~0.9 the anchor stops it before the digit goes.
 
 On the shapes-sd twin (forget "star", seed 0, made snapshots: 4 x 50 steps at lr 1e-5; 32 forget /
 28 retained samples, batch 16): 10 steps: forget rate 0.72 -> 0.59, retain 0.79 -> 0.82, evaluator-FID
-27 -> 53; 15 steps (tuned): 0.72 -> 0.50, 0.79 -> 0.61, FID 94; 20 steps: 0.72 -> 0.22, 0.79 -> 0.39,
+27 -> 53; 15 steps (then the twin value): 0.72 -> 0.50, 0.79 -> 0.61, FID 94; 20 steps: 0.72 -> 0.22, 0.79 -> 0.39,
 FID 170; gamma 0.9 (20 steps) does nothing; gamma 0 (15 steps) 0.72 -> 0.00 with retain 0.11. Per
 step the ascent on star raises every shape's denoising loss about equally (+0.066 star, +0.068 circle
 after 15 steps): what is shared, not what is the star's, goes first.
