@@ -20,12 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from unlearning.atomic import write_text_atomic  # noqa: E402
-from unlearning.benchmarks.rates import forget_retain_rates  # noqa: E402
+from unlearning.benchmarks.rates import SHAPES_RETAIN, forget_retain_rates  # noqa: E402
 from unlearning.methods import METHODS  # noqa: E402
 from unlearning.methods.base import RunContext, UnlearnTask  # noqa: E402
 from unlearning.models.catalog import load_adapter  # noqa: E402
-
-SHAPES_RETAIN = ["circle", "square", "triangle", "heart", "cross", "ring", "diamond"]
 
 
 def main() -> None:

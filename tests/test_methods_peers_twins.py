@@ -13,12 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unlearning.benchmarks.rates import forget_retain_rates
+from unlearning.benchmarks.rates import SHAPES_RETAIN, forget_retain_rates
 from unlearning.methods import METHODS
 from unlearning.methods.base import RunContext, UnlearnTask
 from unlearning.models.catalog import load_adapter
-
-SHAPES_RETAIN = ["circle", "square", "triangle", "heart", "cross", "ring", "diamond"]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,9 @@ tuning never looks at the images the tests judge."""
 
 from __future__ import annotations
 
+# the other shapes of shapes-sd: the retained set when the held-out "star" is judged (tests and bench alike)
+SHAPES_RETAIN = ["circle", "square", "triangle", "heart", "cross", "ring", "diamond"]
+
 
 def forget_retain_rates(adapter, unet, concept: str, retain: list[str], n: int = 16, per_retain: int = 2,
                         forget_seed: int = 0, retain_seed: int = 100) -> tuple[float, float]:
